@@ -1,0 +1,39 @@
+# Two commands matter: `make run` (the whole stack locally) and `make test`.
+# Both create .venv and install everything on a fresh machine.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+WORKERS ?= 1
+PORT ?= 8000
+export HF_HUB_OFFLINE := 1
+
+.PHONY: install run test check bench loadtest clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# CPU torch first and pinned: an unpinned torch pulls a multi-GB CUDA build.
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+run: install
+	$(VENV)/bin/sluice up --workers $(WORKERS) --port $(PORT)
+
+test: install
+	$(PY) -m pytest
+
+check: install
+	$(VENV)/bin/ruff check src tests loadtests
+	$(VENV)/bin/mypy src
+
+bench: install
+	$(PY) loadtests/bench_pipeline.py
+
+loadtest: install
+	$(PY) loadtests/local_proof.py --workers $(WORKERS)
+
+clean:
+	rm -rf $(VENV) .sluice .pytest_cache

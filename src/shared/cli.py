@@ -1,0 +1,146 @@
+"""The `sluice` command: up, migrate, webui, worker, keys, reconcile."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from shared.logs import configure_logging
+from shared.settings import Settings, SettingsError, get_settings
+
+log = logging.getLogger("sluice.cli")
+
+
+def _migrate(settings: Settings, _: argparse.Namespace) -> int:
+    from shared.migrate import run_migrations
+
+    run_migrations(settings)
+    print("database schema is up to date")
+    return 0
+
+
+def _webui(settings: Settings, args: argparse.Namespace) -> int:
+    import uvicorn
+
+    uvicorn.run(
+        "webui.app:create_app", factory=True, host=args.host or settings.host,
+        port=args.port or settings.port, log_level=settings.log_level.lower(),
+        proxy_headers=True, timeout_graceful_shutdown=30,
+    )
+    return 0
+
+
+def _worker(settings: Settings, args: argparse.Namespace) -> int:
+    from worker.main import run
+
+    run(settings, processes_sharing_cpus=args.share_cpus, burst=args.burst)
+    return 0
+
+
+def _keys(settings: Settings, args: argparse.Namespace) -> int:
+    from shared.accounts import create_key, ensure_user, list_keys, revoke_key
+    from shared.db import create_worker_engine, sync_session_factory
+
+    engine = create_worker_engine(settings, "cli")
+    try:
+        with sync_session_factory(engine)() as session, session.begin():
+            if args.keys_cmd == "create":
+                user = ensure_user(session, args.email, name=args.name or "", is_admin=args.admin)
+                key = create_key(session, user, name=args.key_name or "")
+                print(key)
+                print(f"(key for {user.email}; it is shown only this once)", file=sys.stderr)
+            elif args.keys_cmd == "list":
+                for k, u in list_keys(session):
+                    state = "revoked" if k.revoked_at else "active"
+                    print(f"{k.prefix}  {u.email:30}  {state:8}  created {k.created_at:%Y-%m-%d}  "
+                          f"last used {k.last_used_at or '-'}")
+            elif args.keys_cmd == "revoke":
+                if not revoke_key(session, args.prefix):
+                    print(f"no key with prefix {args.prefix}", file=sys.stderr)
+                    return 1
+                print(f"revoked {args.prefix}")
+    finally:
+        engine.dispose()
+    return 0
+
+
+def _reconcile(settings: Settings, _: argparse.Namespace) -> int:
+    from shared.db import create_worker_engine, sync_session_factory
+    from shared.queue import make_queue
+    from shared.redis_pool import create_redis
+    from worker.reconciler import reconcile_once
+
+    engine = create_worker_engine(settings, "cli")
+    redis = create_redis(settings, "cli")
+    try:
+        result = reconcile_once(sync_session_factory(engine), make_queue(redis, settings), settings)
+        print(f"requeued {result.requeued}, failed {result.failed}")
+    finally:
+        engine.dispose()
+    return 0
+
+
+def _up(_: Settings | None, args: argparse.Namespace) -> int:
+    from shared.up import run_up
+
+    return run_up(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sluice", description=__doc__)
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    up = sub.add_parser("up", help="run everything locally on embedded Postgres and Redis")
+    up.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    up.add_argument("--port", type=int, default=8000)
+    up.add_argument("--data-dir", default=".sluice", help="where data lives (default .sluice)")
+    up.set_defaults(func=_up, needs_settings=False)
+
+    sub.add_parser("migrate", help="upgrade the database schema").set_defaults(func=_migrate)
+
+    web = sub.add_parser("webui", help="serve the HTTP API")
+    web.add_argument("--host")
+    web.add_argument("--port", type=int)
+    web.set_defaults(func=_webui)
+
+    wk = sub.add_parser("worker", help="process the ingest queue")
+    wk.add_argument("--burst", action="store_true", help="exit when the queue is empty")
+    wk.add_argument("--share-cpus", type=int, default=1,
+                    help="processes sharing this machine's CPUs (sizes torch threads)")
+    wk.set_defaults(func=_worker)
+
+    keys = sub.add_parser("keys", help="API keys")
+    ksub = keys.add_subparsers(dest="keys_cmd", required=True)
+    kc = ksub.add_parser("create", help="create a key (and the user if new)")
+    kc.add_argument("--email", required=True)
+    kc.add_argument("--name")
+    kc.add_argument("--key-name")
+    kc.add_argument("--admin", action="store_true")
+    ksub.add_parser("list", help="list keys (prefixes only)")
+    kr = ksub.add_parser("revoke", help="revoke a key by its prefix")
+    kr.add_argument("prefix")
+    keys.set_defaults(func=_keys)
+
+    sub.add_parser("reconcile", help="re-enqueue files Redis lost (one pass)").set_defaults(
+        func=_reconcile
+    )
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if not getattr(args, "needs_settings", True):
+        configure_logging("INFO")
+        return int(args.func(None, args))
+    try:
+        settings = get_settings()
+    except SettingsError as err:
+        print(f"sluice: {err}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level)
+    return int(args.func(settings, args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

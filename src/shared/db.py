@@ -1,0 +1,113 @@
+"""Engine factories. Processes own the instances; this module only builds them.
+
+The webui gets one async (asyncpg) engine per process, built in its lifespan.
+The worker gets one small sync (psycopg) engine, built at boot, never shared
+across a fork or an event loop. Both carry an `application_name` so
+`pg_stat_activity` shows who holds which connection.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Literal
+
+from sqlalchemy import Engine, create_engine, make_url
+from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import NullPool
+
+from shared.settings import Settings
+
+log = logging.getLogger("sluice.db")
+
+Component = Literal["webui", "worker", "cli"]
+
+
+def database_url(settings: Settings, driver: Literal["asyncpg", "psycopg"]) -> URL:
+    if not settings.database_url:
+        raise RuntimeError("DATABASE_URL is not set (run `sluice up` for embedded servers)")
+    url = make_url(settings.database_url)
+    return url.set(drivername=f"postgresql+{driver}")
+
+
+def _pool_kwargs(settings: Settings, size: int, overflow: int) -> dict[str, Any]:
+    if settings.uses_null_pool:
+        # Only reachable with DATABASE_EXTERNAL_POOLER=true (see Settings).
+        return {"poolclass": NullPool}
+    return {
+        "pool_size": size,
+        "max_overflow": overflow,
+        "pool_timeout": settings.database_pool_timeout,
+        "pool_recycle": settings.database_pool_recycle,
+        "pool_pre_ping": settings.database_pool_pre_ping,
+    }
+
+
+def pool_limit(settings: Settings, component: Component) -> int:
+    """Most connections one process of this component may hold."""
+    if component == "worker":
+        return settings.worker_db_pool_size
+    return settings.database_pool_size + settings.database_pool_max_overflow
+
+
+def _log_pool(settings: Settings, component: Component, size: int, overflow: int) -> None:
+    if settings.uses_null_pool:
+        log.warning(
+            "db.pool component=%s NullPool (external pooler declared): one server "
+            "connection per checkout, the pooler must bound them",
+            component,
+        )
+        return
+    log.info(
+        "db.pool component=%s application_name=sluice-%s pool_size=%d max_overflow=%d "
+        "max_connections_used=%d timeout=%.1fs recycle=%ds pre_ping=%s",
+        component, component, size, overflow, size + overflow,
+        settings.database_pool_timeout, settings.database_pool_recycle,
+        settings.database_pool_pre_ping,
+    )
+
+
+def create_webui_engine(settings: Settings, component: Component = "webui") -> AsyncEngine:
+    """The webui's async engine: DATABASE_POOL_SIZE + DATABASE_POOL_MAX_OVERFLOW."""
+    size, overflow = settings.database_pool_size, settings.database_pool_max_overflow
+    _log_pool(settings, component, size, overflow)
+    server_settings = {
+        "application_name": f"sluice-{component}",
+        "statement_timeout": str(settings.db_statement_timeout_ms),
+    }
+    connect_args: dict[str, Any] = {"server_settings": server_settings, "timeout": 10}
+    if settings.database_external_pooler:
+        # PgBouncer in transaction mode cannot keep prepared statements per session.
+        connect_args["statement_cache_size"] = 0
+    return create_async_engine(
+        database_url(settings, "asyncpg"),
+        connect_args=connect_args,
+        **_pool_kwargs(settings, size, overflow),
+    )
+
+
+def create_worker_engine(settings: Settings, component: Component = "worker") -> Engine:
+    """The worker's sync engine: a tiny pool (one job at a time + the reconciler)."""
+    size = settings.worker_db_pool_size
+    _log_pool(settings, component, size, 0)
+    connect_args = {
+        "application_name": f"sluice-{component}",
+        "options": f"-c statement_timeout={settings.db_statement_timeout_ms}",
+        "connect_timeout": 10,
+    }
+    if settings.database_external_pooler:
+        connect_args["prepare_threshold"] = None
+    return create_engine(
+        database_url(settings, "psycopg"),
+        connect_args=connect_args,
+        **_pool_kwargs(settings, size, 0),
+    )
+
+
+def async_session_factory(engine: AsyncEngine) -> async_sessionmaker[Any]:
+    return async_sessionmaker(engine, expire_on_commit=False)
+
+
+def sync_session_factory(engine: Engine) -> sessionmaker[Session]:
+    return sessionmaker(engine, expire_on_commit=False)

@@ -1,0 +1,36 @@
+"""The one Redis connection pool a process owns.
+
+Blocking with a timeout: under load a caller waits up to REDIS_POOL_TIMEOUT for
+a free connection, then gets a clear error; the pool never grows past
+REDIS_MAX_CONNECTIONS. RQ needs raw bytes, so `decode_responses` stays False.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from redis import BlockingConnectionPool, Redis
+
+from shared.settings import Settings
+
+log = logging.getLogger("sluice.redis")
+
+
+def create_redis(settings: Settings, component: str) -> Redis:
+    if not settings.redis_url:
+        raise RuntimeError("REDIS_URL is not set (run `sluice up` for embedded servers)")
+    pool = BlockingConnectionPool.from_url(
+        settings.redis_url,
+        max_connections=settings.redis_max_connections,
+        timeout=settings.redis_pool_timeout,
+        socket_timeout=settings.redis_socket_timeout,
+        socket_connect_timeout=5,
+        health_check_interval=30,
+        client_name=f"sluice-{component}",
+        decode_responses=False,
+    )
+    log.info(
+        "redis.pool component=%s max_connections=%d wait_timeout=%.1fs",
+        component, settings.redis_max_connections, settings.redis_pool_timeout,
+    )
+    return Redis(connection_pool=pool)

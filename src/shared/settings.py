@@ -1,0 +1,136 @@
+"""One typed Settings object, read from the environment once per process.
+
+Variable names are the seed system's (`DATABASE_POOL_SIZE`, `JOB_TIMEOUT`, …) so
+operators' ConfigMaps keep working; the *defaults* are safe ones. An invalid
+value fails at start with the variable's name; nothing falls back silently.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class SettingsError(RuntimeError):
+    """A setting is missing or invalid; the message names the variable."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
+
+    # --- Postgres -----------------------------------------------------------
+    database_url: str = Field(
+        default="", description="postgresql://user:pass@host:port/db; empty under `sluice up`"
+    )
+    database_pool_size: int = Field(default=10, ge=0, le=500)
+    database_pool_max_overflow: int = Field(default=5, ge=0, le=500)
+    database_pool_timeout: float = Field(default=10.0, gt=0, le=600)
+    database_pool_recycle: int = Field(default=1800, ge=-1)
+    database_pool_pre_ping: bool = True
+    # NullPool (DATABASE_POOL_SIZE=0) opens a connection per checkout: what took the
+    # seed system down. It is only sane when PgBouncer (or similar) pools for us.
+    database_external_pooler: bool = False
+    worker_db_pool_size: int = Field(default=2, ge=1, le=10)
+    db_statement_timeout_ms: int = Field(default=30_000, ge=0)
+
+    # --- Redis / RQ ---------------------------------------------------------
+    redis_url: str = ""
+    redis_max_connections: int = Field(default=20, ge=2, le=10_000)
+    redis_pool_timeout: float = Field(default=5.0, gt=0, le=120)
+    redis_socket_timeout: float = Field(default=10.0, gt=0, le=600)
+    queue_name: str = Field(default="ingest", pattern=r"^[A-Za-z0-9_-]+$")
+    job_timeout: int = Field(default=600, ge=5, le=86_400)
+    job_max_retries: int = Field(default=3, ge=0, le=20)
+    job_retry_delay: int = Field(default=30, ge=0, le=86_400)
+    job_monitoring_interval: int = Field(default=10, ge=1, le=300)
+    worker_maintenance_interval: int = Field(default=60, ge=1, le=3_600)
+    reconcile_interval: float = Field(default=30.0, gt=0, le=3_600)
+    reconcile_queued_grace: float = Field(default=30.0, ge=0, le=86_400)
+
+    # --- Pipeline -----------------------------------------------------------
+    embedding_model: str = Field(
+        default="", description="local model folder; empty = the packaged all-MiniLM-L6-v2"
+    )
+    embedding_dim: int = Field(default=384, ge=1, le=16_000)
+    chunk_size: int = Field(default=256, ge=16, le=8_192)
+    chunk_overlap: int = Field(default=32, ge=0, le=4_096)
+    embed_batch_size: int = Field(default=32, ge=1, le=1_024)
+    embed_threads: int = Field(default=0, ge=0, le=256, description="0 = from the CPUs given")
+    parse_timeout: float = Field(default=120.0, gt=0, le=3_600)
+    parse_memory_mb: int = Field(default=1024, ge=128, le=65_536)
+
+    # --- Webui --------------------------------------------------------------
+    max_upload_mb: int = Field(default=50, ge=1, le=10_240)
+    upload_dir: Path = Path("./.sluice/uploads")
+    search_top_k_max: int = Field(default=50, ge=1, le=1_000)
+    hnsw_ef_search: int = Field(default=100, ge=10, le=1_000)
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65_535)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    # Benchmark-only: reload the model for every job, as the seed system did.
+    # Used by loadtests to reproduce the old setup; never set in production.
+    bench_reload_model_per_job: bool = False
+
+    @model_validator(mode="after")
+    def _check_consistency(self) -> Settings:
+        if self.database_pool_size == 0 and not self.database_external_pooler:
+            raise ValueError(
+                "DATABASE_POOL_SIZE=0 selects NullPool: a new Postgres connection for every "
+                "request and job, which exhausted max_connections in the system Sluice "
+                "replaces. Set DATABASE_POOL_SIZE>0, or set DATABASE_EXTERNAL_POOLER=true "
+                "if PgBouncer (or another pooler) is in front of Postgres."
+            )
+        if self.chunk_overlap >= self.chunk_size:
+            raise ValueError(
+                f"CHUNK_OVERLAP ({self.chunk_overlap}) must be smaller than "
+                f"CHUNK_SIZE ({self.chunk_size})"
+            )
+        return self
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return self.max_upload_mb * 1024 * 1024
+
+    @property
+    def uses_null_pool(self) -> bool:
+        return self.database_pool_size == 0
+
+
+def _describe(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        loc = "_".join(str(p) for p in e["loc"]).upper()
+        name = loc or "settings"
+        lines.append(f"{name}: {e['msg']}")
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build Settings from the environment (plus overrides), or raise SettingsError."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as err:
+        raise SettingsError(_describe(err)) from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's Settings, built on first use (never at import time)."""
+    return load_settings()
+
+
+def cpu_quota() -> float:
+    """CPUs this process may use: the cgroup v2 quota if set, else the affinity mask."""
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        if quota != "max":
+            return max(float(quota) / float(period), 1.0)
+    except (OSError, ValueError):
+        pass
+    return float(len(os.sched_getaffinity(0)))

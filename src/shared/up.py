@@ -1,0 +1,147 @@
+"""`sluice up`: the whole stack on one machine, with embedded Postgres and Redis.
+
+With no DATABASE_URL / REDIS_URL it starts PostgreSQL + pgvector and Redis from
+Python packages in the data folder, migrates, makes sure an admin key exists,
+then runs the webui and N workers as child processes. Ctrl-C (or SIGTERM)
+stops everything it started, workers first finishing their current job.
+Data survives a restart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+import httpx
+
+from shared.settings import SettingsError, load_settings
+
+log = logging.getLogger("sluice.up")
+_STOP_GRACE_S = 60
+
+
+def _ensure_admin_key(settings_dir: Path) -> str:
+    from shared.accounts import create_key, ensure_user
+    from shared.db import create_worker_engine, sync_session_factory
+    from shared.models import ApiKey
+    from shared.security import key_matches, split_prefix
+
+    key_file = settings_dir / "admin.key"
+    engine = create_worker_engine(load_settings(worker_db_pool_size=1), "cli")
+    try:
+        with sync_session_factory(engine)() as session, session.begin():
+            if key_file.exists():
+                key = key_file.read_text().strip()
+                prefix = split_prefix(key)
+                row = session.query(ApiKey).filter_by(prefix=prefix).one_or_none() if prefix else None
+                if row is not None and row.revoked_at is None and key_matches(key, row.key_hash):
+                    return key
+            user = ensure_user(session, "admin@localhost", name="admin", is_admin=True)
+            key = create_key(session, user, name="sluice up")
+    finally:
+        engine.dispose()
+    key_file.touch(mode=0o600)
+    key_file.write_text(key + "\n")
+    return key
+
+
+def _spawn(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    # A session of its own: Ctrl-C reaches only `sluice up`, which then stops
+    # the children in order instead of all of them at once.
+    return subprocess.Popen([sys.executable, "-m", "shared.cli", *args], env=env,
+                            start_new_session=True)
+
+
+def _wait_ready(url: str, procs: list[subprocess.Popen[bytes]], timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(p.poll() is not None for p in procs):
+            raise RuntimeError("a child process exited during start-up (see its log above)")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"the webui did not become ready within {timeout:.0f} s")
+
+
+def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + _STOP_GRACE_S
+    for p in procs:
+        try:
+            p.wait(timeout=max(deadline - time.monotonic(), 0.1))
+        except subprocess.TimeoutExpired:
+            log.warning("up.kill pid=%d (did not stop within %d s)", p.pid, _STOP_GRACE_S)
+            p.kill()
+            p.wait()
+
+
+def run_up(args: argparse.Namespace) -> int:
+    from shared.embedded import EmbeddedPostgres, EmbeddedRedis
+    from shared.migrate import run_migrations
+
+    data = Path(args.data_dir).resolve()
+    data.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    env.setdefault("UPLOAD_DIR", str(data / "uploads"))
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    procs: list[subprocess.Popen[bytes]] = []
+    stopping = False
+
+    def _on_signal(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    with ExitStack() as stack:
+        if not env.get("DATABASE_URL"):
+            pg = EmbeddedPostgres(data / "postgres")
+            pg.start()
+            stack.callback(pg.stop)
+            env["DATABASE_URL"] = pg.url
+        if not env.get("REDIS_URL"):
+            rd = EmbeddedRedis(data / "redis")
+            rd.start()
+            stack.callback(rd.stop)
+            env["REDIS_URL"] = rd.url
+        os.environ.update(env)
+        try:
+            settings = load_settings()
+        except SettingsError as err:
+            print(f"sluice: {err}", file=sys.stderr)
+            return 2
+        run_migrations(settings)
+        key = _ensure_admin_key(data)
+
+        signal.signal(signal.SIGINT, _on_signal)
+        signal.signal(signal.SIGTERM, _on_signal)
+        stack.callback(_stop, procs)
+        url = f"http://127.0.0.1:{args.port}"
+        procs.append(_spawn(["webui", "--host", "127.0.0.1", "--port", str(args.port)], env))
+        for _ in range(args.workers):
+            procs.append(_spawn(["worker", "--share-cpus", str(args.workers)], env))
+        _wait_ready(url, procs)
+        print(
+            f"\nSluice is running at {url}  (API docs: {url}/docs)\n"
+            f"Admin API key: {key}\n"
+            f"  (also in {data / 'admin.key'})\n"
+            f"Workers: {args.workers}.  Press Ctrl-C to stop.\n",
+            flush=True,
+        )
+        while not stopping:
+            if any(p.poll() is not None for p in procs):
+                log.error("up.child_exited: stopping everything")
+                break
+            time.sleep(0.5)
+        print("stopping…", flush=True)
+    return 0

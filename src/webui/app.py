@@ -1,0 +1,65 @@
+"""The webui application factory. Nothing connects or loads at import time."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio
+from fastapi import FastAPI
+from prometheus_client import CollectorRegistry
+from prometheus_fastapi_instrumentator import Instrumentator
+from starlette.concurrency import run_in_threadpool
+
+from shared.db import async_session_factory, create_webui_engine
+from shared.embedding import Embedder, model_path
+from shared.queue import make_queue
+from shared.redis_pool import create_redis
+from shared.settings import Settings, get_settings
+from webui.errors import install_error_handlers
+from webui.routes import files, health, search
+from webui.state import AppState
+
+log = logging.getLogger("sluice.webui")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        engine = create_webui_engine(settings)
+        redis = create_redis(settings, "webui")
+        embedder = await run_in_threadpool(Embedder, model_path(settings), threads=1)
+        await run_in_threadpool(embedder.warm_up)
+        settings.upload_dir.mkdir(parents=True, exist_ok=True)
+        app.state.sluice = AppState(
+            settings=settings, engine=engine, session_factory=async_session_factory(engine),
+            redis=redis, queue=make_queue(redis, settings), embedder=embedder,
+            encode_limiter=anyio.CapacityLimiter(1),
+        )
+        log.info("webui.ready model=%s model_load=%.2fs", embedder.name, embedder.load_seconds)
+        try:
+            yield
+        finally:
+            await engine.dispose()
+            redis.close()
+            redis.connection_pool.disconnect()
+
+    app = FastAPI(
+        title="Sluice", version="0.1.0", lifespan=lifespan,
+        description="Upload documents; they are parsed, chunked and embedded for search.",
+    )
+    install_error_handlers(app)
+    api = "/api/v1"
+    app.include_router(files.router, prefix=api)
+    app.include_router(search.router, prefix=api)
+    app.include_router(health.router)
+    # A registry per app: tests build several apps in one process.
+    Instrumentator(registry=CollectorRegistry()).instrument(app).expose(
+        app, endpoint="/metrics", include_in_schema=False
+    )
+    return app

@@ -1,0 +1,86 @@
+"""JSON errors a person can act on: `{"detail": "...", "code": "..."}`.
+
+Outages of Postgres or Redis answer 503 with Retry-After, never 500: the
+request can simply be tried again.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+
+log = logging.getLogger("sluice.webui")
+
+
+class ApiError(Exception):
+    def __init__(
+        self, status: int, code: str, detail: str, headers: dict[str, str] | None = None
+    ):
+        super().__init__(detail)
+        self.status, self.code, self.detail, self.headers = status, code, detail, headers
+
+
+def not_found(what: str = "file") -> ApiError:
+    # Another user's id answers exactly like a missing one: no hint that it exists.
+    return ApiError(404, "not_found", f"{what} not found")
+
+
+def _json(status: int, code: str, detail: str, headers: dict[str, str] | None = None,
+          **extra: object) -> JSONResponse:
+    return JSONResponse({"detail": detail, "code": code, **extra}, status, headers=headers)
+
+
+def _unavailable(detail: str) -> JSONResponse:
+    return _json(503, "service_unavailable", detail, {"Retry-After": "5"})
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, err: ApiError) -> JSONResponse:
+        return _json(err.status, err.code, err.detail, err.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, err: RequestValidationError) -> JSONResponse:
+        problems = []
+        for e in err.errors():
+            where = ".".join(str(p) for p in e.get("loc", ()) if p not in ("body", "query"))
+            problems.append(f"{where}: {e.get('msg')}" if where else str(e.get("msg")))
+        return _json(422, "invalid_request", "; ".join(problems) or "invalid request",
+                     errors=[{"loc": e.get("loc"), "msg": e.get("msg")} for e in err.errors()])
+
+    @app.exception_handler(PoolTimeoutError)
+    async def _pool_timeout(_: Request, err: PoolTimeoutError) -> JSONResponse:
+        log.warning("db.pool_timeout error=%s", err)
+        return _unavailable("the database is busy; try again shortly")
+
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(InterfaceError)
+    async def _db_down(_: Request, err: DBAPIError) -> JSONResponse:
+        log.warning("db.unavailable error=%s", type(err.orig).__name__ if err.orig else err)
+        return _unavailable("the database is unavailable; try again shortly")
+
+    @app.exception_handler(DBAPIError)
+    async def _db_error(request: Request, err: DBAPIError) -> JSONResponse:
+        if err.connection_invalidated:
+            return _unavailable("the database connection was lost; try again shortly")
+        raise err
+
+    @app.exception_handler(RedisConnectionError)
+    @app.exception_handler(RedisTimeoutError)
+    async def _redis_down(_: Request, err: RedisError) -> JSONResponse:
+        log.warning("redis.unavailable error=%s", err)
+        return _unavailable("the queue is unavailable; try again shortly")
+
+    @app.exception_handler(ConnectionError)
+    @app.exception_handler(OSError)
+    async def _os_down(_: Request, err: OSError) -> JSONResponse:
+        log.warning("backend.unavailable error=%s", err)
+        return _unavailable("a backing service is unavailable; try again shortly")

@@ -1,0 +1,27 @@
+"""Resources one webui process owns, built in the lifespan and disposed at shutdown."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+from redis import Redis
+from rq import Queue
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+
+from shared.embedding import Embedder
+from shared.settings import Settings
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    engine: AsyncEngine
+    session_factory: async_sessionmaker[Any]
+    redis: Redis  # the one sync pool: RQ enqueues (run in threads) and health checks
+    queue: Queue
+    embedder: Embedder
+    # Queries are encoded one at a time with one torch thread: the webui's CPU
+    # belongs to request handling, not to a pile of parallel encodes.
+    encode_limiter: anyio.CapacityLimiter

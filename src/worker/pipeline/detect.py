@@ -1,0 +1,252 @@
+"""Decide what kind of document an upload is, from its content.
+
+Uploads are untrusted and their names are chosen by the uploader, so binary
+formats are recognised by magic bytes only; the file name is merely a hint
+for choosing between text sub-types (csv vs markdown vs plain text).  A
+name that promises a binary format the content does not have is rejected
+outright, because silently parsing a "report.pdf" as text surprises users.
+
+``detect_type`` takes the *path* rather than a head of bytes: telling a DOCX
+from any other ZIP needs the zip central directory, which sits at the end of
+the file.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import zipfile
+from pathlib import Path
+
+import puremagic
+
+from worker.pipeline.errors import DocumentRejected
+
+KINDS = ("pdf", "docx", "html", "json", "csv", "markdown", "text")
+
+HEAD_BYTES = 64 * 1024
+"""How much of the file is sniffed for text-type decisions."""
+
+BINARY_PROBE_BYTES = 8 * 1024
+"""A NUL byte within this prefix (and no UTF-16/32 BOM) means binary."""
+
+BOMS: tuple[tuple[bytes, str], ...] = (
+    # Order matters: the UTF-32-LE BOM starts with the UTF-16-LE one.  These
+    # codecs consume the BOM.
+    (b"\xef\xbb\xbf", "utf-8-sig"),
+    (b"\xff\xfe\x00\x00", "utf-32"),
+    (b"\x00\x00\xfe\xff", "utf-32"),
+    (b"\xff\xfe", "utf-16"),
+    (b"\xfe\xff", "utf-16"),
+)
+
+# Friendly names for binary formats users commonly upload by mistake.  puremagic
+# knows far more, but its first guess for short signatures can be obscure.
+_KNOWN_BINARY: tuple[tuple[bytes, str], ...] = (
+    (b"MZ", "a Windows executable"),
+    (b"\x7fELF", "a Linux executable (ELF)"),
+    (b"\xcf\xfa\xed\xfe", "a macOS executable (Mach-O)"),
+    (b"\xce\xfa\xed\xfe", "a macOS executable (Mach-O)"),
+    (b"\xca\xfe\xba\xbe", "a Java class or macOS universal binary"),
+    (b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1", "a legacy Microsoft Office file (.doc/.xls/.ppt); save it as .docx"),
+    (b"\x89PNG\r\n\x1a\n", "an image (PNG)"),
+    (b"\xff\xd8\xff", "an image (JPEG)"),
+    (b"GIF8", "an image (GIF)"),
+    (b"BM", "an image (BMP)"),
+    (b"II*\x00", "an image (TIFF)"),
+    (b"MM\x00*", "an image (TIFF)"),
+    (b"\x1f\x8b", "a gzip archive"),
+    (b"7z\xbc\xaf\x27\x1c", "a 7-Zip archive"),
+    (b"Rar!\x1a\x07", "a RAR archive"),
+    (b"BZh", "a bzip2 archive"),
+    (b"\xfd7zXZ\x00", "an xz archive"),
+    (b"SQLite format 3\x00", "an SQLite database"),
+    (b"{\\rtf", "an RTF document; save it as .docx or PDF"),
+)
+
+_NAME_PROMISES = {".pdf": ("pdf", "a PDF"), ".docx": ("docx", "a Word document")}
+_MARKDOWN_EXTS = (".md", ".markdown", ".mdown", ".mkd")
+_PLAIN_EXTS = (".txt", ".text", ".log") + _MARKDOWN_EXTS
+_HTML_START = re.compile(r"(<!--.*?-->\s*|<\?xml[^>]*>\s*)*<(!doctype\s+html|html[\s>])", re.I | re.S)
+_HTML_TAG = re.compile(r"<(html|head|body|div|p|span|table|tr|td|title|meta|a\s+href|ul|li|h[1-6])[\s>/]", re.I)
+
+
+def detect_type(path: Path, filename: str) -> str:
+    """Return one of ``KINDS`` for the file at ``path``.
+
+    ``filename`` is the uploader-supplied name, used only as a hint for text
+    sub-types and to reject names that lie about a binary format.  Raises
+    ``DocumentRejected`` for empty, binary-but-unsupported or mislabelled files.
+    """
+    size = path.stat().st_size
+    if size == 0:
+        raise DocumentRejected("file is empty")
+    with path.open("rb") as fh:
+        head = fh.read(HEAD_BYTES)
+    ext = Path(filename.strip().lower()).suffix
+
+    promised = _NAME_PROMISES.get(ext)
+    kind = _binary_kind(path, head)
+    if kind is None and not _looks_textual(head):
+        what = _describe_binary(head)
+        if promised:
+            raise DocumentRejected(f"file is named {ext} but its content is not {promised[1]} ({what})")
+        raise DocumentRejected(f"unsupported file type: {what}")
+    if kind is None:
+        kind = _text_kind(head, ext, complete=size <= len(head))
+    if promised and promised[0] != kind:
+        raise DocumentRejected(f"file is named {ext} but its content is not {promised[1]}")
+    return kind
+
+
+def _binary_kind(path: Path, head: bytes) -> str | None:
+    """PDF or DOCX by magic bytes; ``None`` when it is neither."""
+    stripped = head.removeprefix(b"\xef\xbb\xbf").lstrip(b" \t\r\n")
+    if stripped.startswith(b"%PDF-"):
+        return "pdf"
+    if head[:4] in (b"PK\x03\x04", b"PK\x05\x06"):
+        return _zip_kind(path)
+    return None
+
+
+def _zip_kind(path: Path) -> str:
+    """A ZIP is only accepted when its central directory names a Word body."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = set(zf.namelist())
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+        raise DocumentRejected("unsupported file type: a damaged or incomplete ZIP archive") from None
+    if "word/document.xml" in names:
+        return "docx"
+    if "xl/workbook.xml" in names:
+        what = "an Excel workbook"
+    elif "ppt/presentation.xml" in names:
+        what = "a PowerPoint presentation"
+    elif "mimetype" in names and "content.xml" in names:
+        what = "an OpenDocument file; save it as .docx"
+    elif "META-INF/container.xml" in names:
+        what = "an EPUB e-book"
+    else:
+        what = "a ZIP archive"
+    raise DocumentRejected(f"unsupported file type: looks like {what}")
+
+
+def _looks_textual(head: bytes) -> bool:
+    """Text if it carries a Unicode BOM, or has no NUL and a plausible encoding."""
+    if any(head.startswith(bom) for bom, _ in BOMS):
+        return True
+    if b"\x00" in head[:BINARY_PROBE_BYTES] or _known_binary(head):
+        return False
+    try:
+        head.decode("utf-8")
+        return True
+    except UnicodeDecodeError as exc:
+        if exc.start >= len(head) - 3:  # a multi-byte char cut by the head limit
+            return True
+    from charset_normalizer import from_bytes  # slow import; only for non-UTF-8
+
+    return from_bytes(head[:BINARY_PROBE_BYTES]).best() is not None
+
+
+def _known_binary(head: bytes) -> str | None:
+    for magic, what in _KNOWN_BINARY:
+        if head.startswith(magic):
+            return what
+    return None
+
+
+def _describe_binary(head: bytes) -> str:
+    """A human phrase for a binary file we do not support."""
+    known = _known_binary(head)
+    if known:
+        return f"looks like {known}"
+    try:
+        best = puremagic.magic_string(head[:BINARY_PROBE_BYTES])[0]
+    except (puremagic.PureError, IndexError, ValueError):
+        return "unrecognised binary file"
+    label = best.name or best.extension.lstrip(".").upper()
+    return f"looks like {label}" if label else "unrecognised binary file"
+
+
+def decode_text(data: bytes, *, truncated: bool = False) -> str:
+    """Decode bytes of unknown encoding: BOM, then UTF-8, then charset-normalizer.
+
+    ``truncated`` means ``data`` is a prefix, so a multi-byte UTF-8 character
+    cut at the end is not evidence against UTF-8.  Never raises.
+    """
+    for bom, codec in BOMS:
+        if data.startswith(bom):
+            return data.decode(codec, errors="replace")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if truncated and exc.start >= len(data) - 3:
+            return data[: exc.start].decode("utf-8", errors="replace")
+    return _decode_legacy(data)
+
+
+def _decode_legacy(data: bytes) -> str:
+    """charset-normalizer's guess, preferring cp1252 when it is as good.
+
+    On short Western European text charset-normalizer often ties cp1252 with
+    Central European code pages and picks the latter ("crème" -> "crčme");
+    Western files are the common legacy case, so ties go to cp1252.
+    """
+    from charset_normalizer import from_bytes  # slow import; only for non-UTF-8
+
+    matches = from_bytes(data)
+    best = matches.best()
+    if best is None:
+        return data.decode("utf-8", errors="replace")
+    western = "cp1252" in best.could_be_from_charset or any(
+        m.encoding == "cp1252" and m.percent_chaos <= best.percent_chaos for m in matches
+    )
+    if western:
+        return data.decode("cp1252", errors="replace")
+    return str(best)
+
+
+def _text_kind(head: bytes, ext: str, *, complete: bool) -> str:
+    """Pick a text sub-type: content first, then the name as a tie-breaker."""
+    sample = decode_text(head, truncated=not complete).lstrip("\ufeff \t\r\n")
+    if _HTML_START.match(sample[:4096]):
+        return "html"
+    if sample[:1] in ("{", "["):
+        if complete and _parses_as_json(sample):
+            return "json"
+        if ext == ".json" or (not complete and re.match(r"[\[{]\s*[\"\[{\]}]", sample)):
+            return "json"
+    if ext in (".html", ".htm", ".xhtml") and _HTML_TAG.search(sample):
+        return "html"
+    if ext in _MARKDOWN_EXTS:
+        return "markdown"
+    if ext not in _PLAIN_EXTS and len(_HTML_TAG.findall(sample[:8192])) >= 3:
+        return "html"
+    if ext in (".csv", ".tsv") or (ext not in _PLAIN_EXTS and _sniffs_as_csv(sample)):
+        return "csv"
+    return "text"
+
+
+def _parses_as_json(sample: str) -> bool:
+    try:
+        json.loads(sample)
+    except (ValueError, RecursionError):
+        return False
+    return True
+
+
+def _sniffs_as_csv(sample: str) -> bool:
+    """csv.Sniffer alone is too eager on prose; also require a stable column count."""
+    lines = sample[:16384].splitlines()[:21]
+    if len(lines) == 21 or len(sample) > 16384:
+        lines = lines[:-1]  # the last line may be cut off mid-row
+    lines = [ln for ln in lines if ln.strip()]
+    if len(lines) < 3:
+        return False
+    try:
+        dialect = csv.Sniffer().sniff("\n".join(lines), delimiters=",;\t|")
+    except csv.Error:
+        return False
+    widths = {len(row) for row in csv.reader(lines, dialect)}
+    return len(widths) == 1 and widths.pop() >= 2

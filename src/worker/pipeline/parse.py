@@ -1,0 +1,240 @@
+"""In-process text extractors, one per document kind.
+
+These run inside the isolated parser child (see ``isolated.py``), which is
+what bounds their CPU time and memory; the checks here are the cheap,
+deterministic ones that let us reject a hostile file with a precise reason
+instead of a generic "exceeded its memory limit".  Parser libraries raise
+all sorts of exceptions on damaged input; those are turned into
+``DocumentRejected`` because the same bytes will always fail the same way.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from worker.pipeline.detect import decode_text
+from worker.pipeline.errors import DocumentRejected
+
+MAX_PDF_PAGES = 2000
+MAX_ZIP_TOTAL_BYTES = 200 * 1024 * 1024
+MAX_ZIP_ENTRIES = 10_000
+MAX_ZIP_RATIO = 100
+ZIP_RATIO_MIN_BYTES = 1024 * 1024
+"""Small entries compress absurdly well legitimately; only judge big ones."""
+MAX_JSON_DEPTH = 100
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
+_BLANK_RUNS = re.compile(r"\n{3,}")
+
+
+def extract_text(path: Path, kind: str) -> str:
+    """Return normalised plain text of the file, or raise ``DocumentRejected``."""
+    if path.stat().st_size == 0:
+        raise DocumentRejected("file is empty")
+    extractor = _EXTRACTORS.get(kind)
+    if extractor is None:
+        raise ValueError(f"unknown document kind {kind!r}")
+    text = normalize_text(extractor(path))
+    if not text:
+        if kind == "pdf":
+            raise DocumentRejected("PDF has no extractable text (scanned images?)")
+        raise DocumentRejected("no text could be extracted from this file")
+    return text
+
+
+def normalize_text(text: str) -> str:
+    """Unify newlines, drop control characters and lone surrogates (PostgreSQL
+    rejects NUL and invalid UTF-8), strip trailing spaces, collapse blank runs."""
+    text = text.removeprefix("\ufeff").replace("\r\n", "\n").replace("\r", "\n")
+    text = text.replace("\x0c", "\n").replace("\x0b", "\n")
+    text = _CONTROL.sub("", text)
+    # Per line, not a regex like "[ \t]+\n": that is quadratic on long space runs.
+    text = "\n".join(line.rstrip(" \t") for line in text.split("\n"))
+    return _BLANK_RUNS.sub("\n\n", text).strip()
+
+
+@contextmanager
+def _reject_on_failure(what: str) -> Iterator[None]:
+    """Map a parser library's exception on bad input to a rejection.
+
+    MemoryError is re-raised so the child reports a memory-limit hit.
+    """
+    try:
+        yield
+    except (DocumentRejected, MemoryError):
+        raise
+    except RecursionError:
+        raise DocumentRejected(f"{what} is nested too deeply to read") from None
+    except Exception as exc:  # noqa: BLE001 - libraries raise anything on junk
+        raise DocumentRejected(f"{what} could not be read; it may be damaged ({type(exc).__name__})") from None
+
+
+def _extract_pdf(path: Path) -> str:
+    from pypdf import PdfReader
+
+    with _reject_on_failure("PDF"):
+        reader = PdfReader(path)
+        if reader.is_encrypted:
+            try:
+                unlocked = reader.decrypt("")
+            except Exception:  # noqa: BLE001 - e.g. missing AES support
+                unlocked = 0
+            if not unlocked:
+                raise DocumentRejected("PDF is password-protected")
+        count = len(reader.pages)
+    if count > MAX_PDF_PAGES:
+        raise DocumentRejected(f"PDF has {count} pages; at most {MAX_PDF_PAGES} are supported")
+    texts: list[str] = []
+    failures = 0
+    for index in range(count):
+        try:
+            texts.append(reader.pages[index].extract_text() or "")
+        except (MemoryError, RecursionError):
+            raise
+        except Exception:  # noqa: BLE001 - one broken page should not lose the rest
+            failures += 1
+    if failures and failures == count:
+        raise DocumentRejected("PDF could not be read; every page is damaged")
+    return "\n\n".join(texts)
+
+
+def check_zip_container(path: Path) -> None:
+    """Reject zip bombs before python-docx decompresses anything."""
+    with _reject_on_failure("Word document"):
+        with zipfile.ZipFile(path) as zf:
+            infos = zf.infolist()
+    if len(infos) > MAX_ZIP_ENTRIES:
+        raise DocumentRejected(f"looks like a zip bomb: more than {MAX_ZIP_ENTRIES} entries")
+    total = sum(info.file_size for info in infos)
+    if total > MAX_ZIP_TOTAL_BYTES:
+        limit_mb = MAX_ZIP_TOTAL_BYTES // (1024 * 1024)
+        raise DocumentRejected(f"looks like a zip bomb: it would expand to more than {limit_mb} MB")
+    for info in infos:
+        if info.file_size > ZIP_RATIO_MIN_BYTES and info.file_size > MAX_ZIP_RATIO * max(info.compress_size, 1):
+            raise DocumentRejected(f"looks like a zip bomb: an entry is compressed more than {MAX_ZIP_RATIO}:1")
+
+
+def _extract_docx(path: Path) -> str:
+    import docx
+    from docx.table import Table
+
+    check_zip_container(path)
+    lines: list[str] = []
+
+    def walk(container: Any) -> None:
+        for block in container.iter_inner_content():
+            if isinstance(block, Table):
+                for row in block.rows:
+                    cells: list[str] = []
+                    seen: set[int] = set()
+                    for cell in row.cells:
+                        if id(cell._tc) in seen:  # merged cells repeat
+                            continue
+                        seen.add(id(cell._tc))
+                        cells.append(" ".join(cell.text.split()))
+                    if any(cells):
+                        lines.append(" | ".join(cells))
+            else:
+                lines.append(block.text)
+
+    with _reject_on_failure("Word document"):
+        walk(docx.Document(str(path)))
+    return "\n".join(lines)
+
+
+def _extract_html(path: Path) -> str:
+    from bs4 import BeautifulSoup
+
+    data = path.read_bytes()
+    with _reject_on_failure("HTML"):
+        # Bytes in, so bs4 honours <meta charset>. lxml's HTML parser never
+        # fetches external resources, and we never follow links.
+        soup = BeautifulSoup(data, "lxml")
+        for tag in soup(["script", "style", "noscript", "template"]):
+            tag.decompose()
+        text = soup.get_text("\n")
+    return "\n".join(line.strip() for line in text.splitlines())
+
+
+def _extract_json(path: Path) -> str:
+    raw = decode_text(path.read_bytes())
+    try:
+        value = json.loads(raw)
+    except RecursionError:
+        raise DocumentRejected("JSON is nested too deeply to read") from None
+    except ValueError:
+        return raw  # not valid JSON after all: index it as plain text
+    lines: list[str] = []
+    _walk_json(value, 0, lines)
+    return "\n".join(lines)
+
+
+def _walk_json(value: Any, depth: int, out: list[str]) -> None:
+    """Emit YAML-like ``key: value`` lines so keys and scalars are searchable."""
+    if depth > MAX_JSON_DEPTH:
+        raise DocumentRejected(f"JSON is nested more than {MAX_JSON_DEPTH} levels deep")
+    pad = "  " * depth
+    if isinstance(value, dict):
+        pairs = [(f"{key}: ", child) for key, child in value.items()]
+    elif isinstance(value, list):
+        pairs = [("- ", child) for child in value]
+    else:
+        out.append(f"{pad}{_scalar(value)}")
+        return
+    for label, child in pairs:
+        if isinstance(child, (dict, list)):
+            if child:
+                out.append(f"{pad}{label.rstrip()}")
+                _walk_json(child, depth + 1, out)
+        else:
+            out.append(f"{pad}{label}{_scalar(child)}")
+
+
+def _scalar(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value).replace("\n", " ")
+
+
+def _extract_csv(path: Path) -> str:
+    text = decode_text(path.read_bytes())
+    sample = text[:65536]
+    delimiter = "\t" if path.suffix.lower() == ".tsv" else None
+    try:
+        dialect: Any = csv.Sniffer().sniff(sample, delimiters=delimiter or ",;\t|")
+    except csv.Error:
+        dialect = csv.excel
+    rows: list[str] = []
+    try:
+        for row in csv.reader(io.StringIO(text, newline=""), dialect):
+            cells = [" ".join(cell.split()) for cell in row]
+            if any(cells):
+                rows.append(" | ".join(cells))
+    except csv.Error:
+        return text  # malformed CSV (e.g. a huge field): keep it as plain text
+    return "\n".join(rows)
+
+
+def _extract_plain(path: Path) -> str:
+    return decode_text(path.read_bytes())
+
+
+_EXTRACTORS = {
+    "pdf": _extract_pdf,
+    "docx": _extract_docx,
+    "html": _extract_html,
+    "json": _extract_json,
+    "csv": _extract_csv,
+    "markdown": _extract_plain,
+    "text": _extract_plain,
+}
