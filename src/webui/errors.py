@@ -51,7 +51,10 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _invalid(_: Request, err: RequestValidationError) -> JSONResponse:
         problems = []
         for e in err.errors():
-            where = ".".join(str(p) for p in e.get("loc", ()) if p not in ("body", "query"))
+            loc = list(e.get("loc", ()))
+            if loc and loc[0] in ("body", "query", "path", "header"):
+                loc = loc[1:]  # where it came from is noise; the field name is not
+            where = ".".join(str(p) for p in loc)
             problems.append(f"{where}: {e.get('msg')}" if where else str(e.get("msg")))
         return _json(422, "invalid_request", "; ".join(problems) or "invalid request",
                      errors=[{"loc": e.get("loc"), "msg": e.get("msg")} for e in err.errors()])

@@ -54,7 +54,7 @@ class ReceivedUpload:
 @dataclass
 class _State:
     parts: int = 0
-    headers: dict[str, str] = field(default_factory=dict)
+    headers: dict[str, bytes] = field(default_factory=dict)
     header_field: bytearray = field(default_factory=bytearray)
     header_value: bytearray = field(default_factory=bytearray)
     in_file: bool = False
@@ -90,9 +90,8 @@ async def receive_upload(request: Request, upload_dir: Path, max_bytes: int) -> 
         state.header_value += data[start:end]
 
     def on_header_end() -> None:
-        state.headers[state.header_field.decode("latin-1").lower()] = state.header_value.decode(
-            "utf-8", "replace"
-        )
+        # Kept as bytes: names are UTF-8 on the wire, not latin-1.
+        state.headers[state.header_field.decode("latin-1").lower()] = bytes(state.header_value)
         state.header_field.clear()
         state.header_value.clear()
 
@@ -103,7 +102,7 @@ async def receive_upload(request: Request, upload_dir: Path, max_bytes: int) -> 
             raise ApiError(400, "too_many_parts", f"at most {MAX_PARTS} form parts are accepted")
 
     def on_headers_finished() -> None:
-        _, disp = parse_options_header(state.headers.get("content-disposition", ""))
+        _, disp = parse_options_header(state.headers.get("content-disposition", b""))
         is_file = disp.get(b"name") == b"file" and b"filename" in disp
         if is_file and state.seen_file:
             raise ApiError(400, "one_file_per_request", "send one file per request")
@@ -111,7 +110,8 @@ async def receive_upload(request: Request, upload_dir: Path, max_bytes: int) -> 
         if is_file:
             state.seen_file = True
             state.filename = clean_filename(disp[b"filename"].decode("utf-8", "replace"))
-            state.declared_type = state.headers.get("content-type", "")[:255]
+            declared = state.headers.get("content-type", b"").decode("utf-8", "replace")
+            state.declared_type = declared[:255]
 
     def on_part_data(data: bytes, start: int, end: int) -> None:
         nonlocal size

@@ -76,6 +76,8 @@ class Runtime:
             "embed_threads": str(self.embedder.threads),
             "jobs_done": str(self.counters.get("jobs_done", 0)),
             "jobs_failed": str(self.counters.get("jobs_failed", 0)),
+            "db_pool_size": str(self.settings.worker_db_pool_size),
+            "db_checked_out": str(self.engine.pool.checkedout()),  # type: ignore[attr-defined]
         }
 
 

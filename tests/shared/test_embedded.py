@@ -1,4 +1,4 @@
-"""The embedded PostgreSQL (+ pgvector) and Redis servers are real, keep data over restarts and clean up."""
+"""Embedded PostgreSQL (+ pgvector) and Redis: real servers that keep data and clean up."""
 
 from __future__ import annotations
 
@@ -19,9 +19,17 @@ from shared.embedded import EmbeddedPostgres, EmbeddedRedis
 def _gone(pid: int) -> bool:
     """No such process, or a zombie (PID 1 in containers may never reap orphans)."""
     try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+        return bool(psutil.Process(pid).status() == psutil.STATUS_ZOMBIE)
     except psutil.NoSuchProcess:
         return True
+
+
+def _kill_and_wait(pid: int | None) -> None:
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while not _gone(pid) and time.monotonic() < deadline:  # SIGKILL lands asynchronously
+        time.sleep(0.01)
 
 
 @pytest.fixture(scope="module")
@@ -52,10 +60,12 @@ def test_pgvector_insert_and_nearest(pg: EmbeddedPostgres) -> None:
         conn.execute("CREATE TABLE items (id int PRIMARY KEY, embedding vector(3))")
         conn.execute("INSERT INTO items VALUES (1, '[1,0,0]'), (2, '[0,1,0]'), (3, '[0.9,0.1,0]')")
         rows = conn.execute(
-            "SELECT id, round((embedding <=> '[1,0,0]')::numeric, 3) FROM items ORDER BY embedding <=> '[1,0,0]'"
+            "SELECT id, (embedding <=> %s::vector)::float8 AS dist FROM items ORDER BY dist",
+            ("[1,0,0]",),
         ).fetchall()
     assert [r[0] for r in rows] == [1, 3, 2]
-    assert float(rows[0][1]) == 0.0 and float(rows[2][1]) == 1.0
+    assert rows[0][1] == pytest.approx(0.0)
+    assert rows[2][1] == pytest.approx(1.0)
 
 
 def test_postgres_restart_keeps_data_and_port(pg: EmbeddedPostgres) -> None:
@@ -64,7 +74,7 @@ def test_postgres_restart_keeps_data_and_port(pg: EmbeddedPostgres) -> None:
         conn.execute("INSERT INTO survivors VALUES ('[1,2,3]')")
     old_pid, port, url = pg.pid, pg.port, pg.url
     assert old_pid is not None
-    with psycopg.connect(pg.url, autocommit=True) as idle:  # a fast restart must not wait for this
+    with psycopg.connect(pg.url, autocommit=True) as idle:  # a fast restart must not wait for it
         pg.restart()
         with pytest.raises(psycopg.OperationalError):
             idle.execute("SELECT 1")
@@ -87,30 +97,28 @@ def test_postgres_start_is_idempotent(pg: EmbeddedPostgres) -> None:
 
 def test_redis_set_get_and_config(rds: EmbeddedRedis) -> None:
     assert rds.url == f"redis://127.0.0.1:{rds.port}/0"
-    client = redis.Redis.from_url(rds.url)
-    assert client.set("greeting", "hello")
-    assert client.get("greeting") == b"hello"
-    assert client.config_get("appendonly") == {"appendonly": "yes"}
-    assert client.config_get("maxmemory-policy") == {"maxmemory-policy": "noeviction"}
-    assert client.config_get("save") == {"save": ""}
-    client.close()
+    with redis.Redis.from_url(rds.url) as client:
+        assert client.set("greeting", "hello")
+        assert client.get("greeting") == b"hello"
+        assert client.config_get("appendonly") == {"appendonly": "yes"}
+        assert client.config_get("maxmemory-policy") == {"maxmemory-policy": "noeviction"}
+        assert client.config_get("save") == {"save": ""}
 
 
 def test_redis_restart_keeps_aof_key(rds: EmbeddedRedis) -> None:
-    client = redis.Redis.from_url(rds.url)
-    client.set("durable", "yes")
-    client.rpush("queue", "a", "b")
-    client.close()
-    old_pid = rds.pid
+    with redis.Redis.from_url(rds.url) as client:
+        client.set("durable", "yes")
+        client.rpush("queue", "a", "b")
+    old_pid, port = rds.pid, rds.port
     assert old_pid is not None
     rds.restart()
     assert _gone(old_pid)
     assert rds.pid not in (None, old_pid)
+    assert rds.port == port
     assert not list(rds.data_dir.glob("*.rdb"))  # the data came back from the AOF, not a snapshot
-    client = redis.Redis.from_url(rds.url)
-    assert client.get("durable") == b"yes"
-    assert client.lrange("queue", 0, -1) == [b"a", b"b"]
-    client.close()
+    with redis.Redis.from_url(rds.url) as client:
+        assert client.get("durable") == b"yes"
+        assert client.lrange("queue", 0, -1) == [b"a", b"b"]
 
 
 def test_stop_leaves_no_process(tmp_path_factory: pytest.TempPathFactory) -> None:
@@ -118,10 +126,12 @@ def test_stop_leaves_no_process(tmp_path_factory: pytest.TempPathFactory) -> Non
     pg, rds = EmbeddedPostgres(data / "pg"), EmbeddedRedis(data / "redis")
     with pg, rds:
         pg_pid, redis_pid = pg.pid, rds.pid
-        assert pg_pid is not None and redis_pid is not None
+        assert pg_pid is not None
+        assert redis_pid is not None
         pg_children = [p.pid for p in psutil.Process(pg_pid).children(recursive=True)]
         assert pg_children  # checkpointer, walwriter, ...
-    assert pg.pid is None and rds.pid is None
+    assert pg.pid is None
+    assert rds.pid is None
     for pid in [pg_pid, redis_pid, *pg_children]:
         assert _gone(pid), pid
     pg.stop()  # stopping twice is fine
@@ -129,26 +139,24 @@ def test_stop_leaves_no_process(tmp_path_factory: pytest.TempPathFactory) -> Non
 
 
 def test_start_after_killed_servers(tmp_path_factory: pytest.TempPathFactory) -> None:
-    """SIGKILLed servers leave lock/pid files behind; the next start copes, on the same port."""
+    """SIGKILLed servers leave pid/lock files behind; the next start copes, on the same port."""
     data = tmp_path_factory.mktemp("killed")
     pg, rds = EmbeddedPostgres(data / "pg"), EmbeddedRedis(data / "redis")
     pg.start()
     rds.start()
-    for pid in (pg.pid, rds.pid):
-        assert pid is not None
-        os.kill(pid, signal.SIGKILL)
-        deadline = time.monotonic() + 5
-        while not _gone(pid) and time.monotonic() < deadline:  # SIGKILL lands asynchronously
-            time.sleep(0.01)
-    assert (data / "pg" / "pgdata" / "postmaster.pid").exists()
+    _kill_and_wait(pg.pid)
+    _kill_and_wait(rds.pid)
+    assert (pg.pgdata / "postmaster.pid").exists()
     pg2, rds2 = EmbeddedPostgres(data / "pg"), EmbeddedRedis(data / "redis")  # as after a crash
     try:
         pg2.start()
         rds2.start()
         assert (pg2.port, rds2.port) == (pg.port, rds.port)
         with psycopg.connect(pg2.url) as conn:
-            assert conn.execute("SELECT extname FROM pg_extension WHERE extname = 'vector'").fetchone()
-        assert redis.Redis.from_url(rds2.url).ping()
+            row = conn.execute("SELECT extname FROM pg_extension WHERE extname = 'vector'")
+            assert row.fetchone() == ("vector",)
+        with redis.Redis.from_url(rds2.url) as client:
+            assert client.ping()
     finally:
         pg2.stop()
         rds2.stop()
@@ -160,5 +168,7 @@ def test_constructor_touches_nothing(tmp_path: Path) -> None:
     pg = EmbeddedPostgres(tmp_path / "pg", port=54999)
     rds = EmbeddedRedis(tmp_path / "redis")
     assert pg.url == "postgresql://postgres@127.0.0.1:54999/sluice"
-    assert rds.port > 0 and rds.pid is None and pg.pid is None
+    assert rds.port > 0
+    assert pg.pid is None
+    assert rds.pid is None
     assert list(tmp_path.iterdir()) == []

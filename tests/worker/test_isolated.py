@@ -23,7 +23,9 @@ import pytest
 from worker.pipeline.errors import DocumentRejected, ParserCrashed, ParserLimitExceeded
 from worker.pipeline.isolated import ParsedDocument, _run_child, parse_isolated, start_parser_server
 
-LIMITS = {"timeout_s": 20.0, "memory_mb": 1024}
+
+def parse(path: Path, name: str) -> ParsedDocument:
+    return parse_isolated(path, name, timeout_s=20, memory_mb=1024)
 
 
 def open_fds() -> int:
@@ -48,7 +50,7 @@ def no_leftovers() -> Iterator[None]:
 def test_parses_text_in_child(tmp_path: Path) -> None:
     path = tmp_path / "a.txt"
     path.write_text("hello from the child\n")
-    assert parse_isolated(path, "a.txt", **LIMITS) == ParsedDocument(text="hello from the child", kind="text")
+    assert parse(path, "a.txt") == ParsedDocument(text="hello from the child", kind="text")
 
 
 def test_parses_docx_in_child(tmp_path: Path) -> None:
@@ -56,15 +58,16 @@ def test_parses_docx_in_child(tmp_path: Path) -> None:
     document = docx.Document()
     document.add_paragraph("Isolated docx paragraph")
     document.save(str(path))
-    result = parse_isolated(path, "r.docx", **LIMITS)
-    assert result.kind == "docx" and "Isolated docx paragraph" in result.text
+    result = parse(path, "r.docx")
+    assert result.kind == "docx"
+    assert "Isolated docx paragraph" in result.text
 
 
 def test_large_text_crosses_the_pipe(tmp_path: Path) -> None:
     path = tmp_path / "big.txt"
     line = "searchable words in a large document 0123456789\n"
     path.write_text(line * (20_000_000 // len(line) + 1))
-    result = parse_isolated(path, "big.txt", **LIMITS)
+    result = parse(path, "big.txt")
     assert len(result.text) > 20_000_000 - len(line)
     assert result.text.startswith("searchable words")
 
@@ -73,7 +76,7 @@ def test_rejection_crosses_the_pipe(tmp_path: Path) -> None:
     path = tmp_path / "invoice.pdf"
     path.write_bytes(b"MZ" + os.urandom(4096))
     with pytest.raises(DocumentRejected, match=r"named \.pdf but its content is not a PDF") as info:
-        parse_isolated(path, "invoice.pdf", **LIMITS)
+        parse(path, "invoice.pdf")
     assert not isinstance(info.value, ParserLimitExceeded)
 
 
@@ -82,14 +85,14 @@ def test_zip_bomb_is_rejected_in_child(tmp_path: Path) -> None:
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
         zf.writestr("word/document.xml", b"\x00" * (20 * 1024 * 1024))
     with pytest.raises(DocumentRejected, match="zip bomb"):
-        parse_isolated(path, "bomb.docx", **LIMITS)
+        parse(path, "bomb.docx")
 
 
 def test_empty_file_is_rejected_in_child(tmp_path: Path) -> None:
     path = tmp_path / "empty.pdf"
     path.touch()
     with pytest.raises(DocumentRejected, match="file is empty"):
-        parse_isolated(path, "empty.pdf", **LIMITS)
+        parse(path, "empty.pdf")
 
 
 def test_hang_is_stopped_at_the_wall_clock_limit() -> None:
@@ -140,7 +143,9 @@ def test_unexpected_exception_names_only_its_type() -> None:
 def test_child_cannot_write_big_files(tmp_path: Path) -> None:
     target = tmp_path / "out.bin"
     with pytest.raises(ParserCrashed, match=r"failed unexpectedly \(OSError\)"):
-        _run_child(Path.write_bytes, (target, b"x" * (4 * 1024 * 1024)), timeout_s=20, memory_mb=512)
+        _run_child(
+            Path.write_bytes, (target, b"x" * (4 * 1024 * 1024)), timeout_s=20, memory_mb=512
+        )
     assert target.stat().st_size <= 1024 * 1024
 
 
@@ -154,9 +159,9 @@ def test_works_in_a_forked_copy_of_the_worker(tmp_path: Path) -> None:
     if pid == 0:  # pragma: no cover - runs in the forked copy
         code = 1
         try:
-            code = 0 if parse_isolated(path, "a.txt", **LIMITS).text == "from the horse" else 2
+            code = 0 if parse(path, "a.txt").text == "from the horse" else 2
         finally:
             os._exit(code)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
-    assert parse_isolated(path, "a.txt", **LIMITS).text == "from the horse"
+    assert parse(path, "a.txt").text == "from the horse"

@@ -39,7 +39,9 @@ def make_pdf(pages: list[list[str]]) -> bytes:
     xref = len(out)
     out += f"xref\n0 {len(objects) + 1}\n0000000000 65535 f \n".encode()
     out += "".join(f"{off:010d} 00000 n \n" for off in offsets).encode()
-    out += f"trailer\n<< /Size {len(objects) + 1} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n".encode()
+    out += (
+        f"trailer\n<< /Size {len(objects) + 1} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n".encode()
+    )
     return bytes(out)
 
 
@@ -67,10 +69,13 @@ def write(tmp_path: Path, name: str, data: bytes | str, encoding: str = "utf-8")
 
 
 def test_pdf_text_is_extracted(tmp_path: Path) -> None:
-    path = write(tmp_path, "doc.pdf", make_pdf([["Hello phrase", "second line"], ["Page two words"]]))
+    path = write(
+        tmp_path, "doc.pdf", make_pdf([["Hello phrase", "second line"], ["Page two words"]])
+    )
     kind, text = parse(path)
     assert kind == "pdf"
-    assert "Hello phrase" in text and "Page two words" in text
+    assert "Hello phrase" in text
+    assert "Page two words" in text
 
 
 def test_pdf_without_text_is_rejected(tmp_path: Path) -> None:
@@ -90,7 +95,12 @@ def test_docx_paragraphs_and_tables_in_order(tmp_path: Path) -> None:
     make_docx(path)
     kind, text = parse(path)
     assert kind == "docx"
-    assert text.index("Quarterly") < text.index("Gate | Flow") < text.index("North | 42 m3/s") < text.index("Closing")
+    assert (
+        text.index("Quarterly")
+        < text.index("Gate | Flow")
+        < text.index("North | 42 m3/s")
+        < text.index("Closing")
+    )
 
 
 def test_docx_zip_bomb_is_rejected(tmp_path: Path) -> None:
@@ -122,17 +132,26 @@ def test_html_drops_scripts_and_styles(tmp_path: Path) -> None:
     )
     kind, text = parse(write(tmp_path, "page.txt", html))
     assert kind == "html"  # content wins over the .txt name
-    assert "First para" in text and "Café" in text and "Title here" in text
+    assert "First para" in text
+    assert "Café" in text
+    assert "Title here" in text
     for hidden in ("alert", "color:red", "enable js", "tpl"):
         assert hidden not in text
 
 
 def test_json_becomes_key_value_lines(tmp_path: Path) -> None:
-    data = {"customer": {"name": "Ada", "orders": [{"id": 7, "total": 19.5}]}, "active": True, "note": None}
+    data = {
+        "customer": {"name": "Ada", "orders": [{"id": 7, "total": 19.5}]},
+        "active": True,
+        "note": None,
+    }
     kind, text = parse(write(tmp_path, "data.bin", json.dumps(data)))
     assert kind == "json"
-    assert "name: Ada" in text and "id: 7" in text and "total: 19.5" in text
-    assert "active: true" in text and "note: null" in text
+    assert "name: Ada" in text
+    assert "id: 7" in text
+    assert "total: 19.5" in text
+    assert "active: true" in text
+    assert "note: null" in text
 
 
 def test_deeply_nested_json_is_rejected(tmp_path: Path) -> None:
@@ -143,7 +162,9 @@ def test_deeply_nested_json_is_rejected(tmp_path: Path) -> None:
 
 
 def test_csv_keeps_header(tmp_path: Path) -> None:
-    kind, text = parse(write(tmp_path, "t.csv", "city,population\nParis,2100000\n\"Lyon, FR\",520000\n"))
+    kind, text = parse(
+        write(tmp_path, "t.csv", 'city,population\nParis,2100000\n"Lyon, FR",520000\n')
+    )
     assert kind == "csv"
     assert text.splitlines() == ["city | population", "Paris | 2100000", "Lyon, FR | 520000"]
 
@@ -160,14 +181,19 @@ def test_markdown_and_text(tmp_path: Path) -> None:
         "markdown",
         "# Title\n\nSome *text*, here.",
     )
-    assert parse(write(tmp_path, "notes", "Just prose, with a comma.\nAnother line.\n"))[0] == "text"
+    assert (
+        parse(write(tmp_path, "notes", "Just prose, with a comma.\nAnother line.\n"))[0] == "text"
+    )
 
 
 def test_latin1_text(tmp_path: Path) -> None:
-    prose = "Le café était très animé ce matin-là; la naïve cliente a commandé une crème brûlée.\n" * 3
+    prose = (
+        "Le café était très animé ce matin-là; la naïve cliente a commandé une crème brûlée.\n" * 3
+    )
     kind, text = parse(write(tmp_path, "fr.txt", prose, "latin-1"))
     assert kind == "text"
-    assert "café était très animé" in text and "crème brûlée" in text
+    assert "café était très animé" in text
+    assert "crème brûlée" in text
 
 
 def test_utf16_with_bom(tmp_path: Path) -> None:
@@ -179,7 +205,8 @@ def test_utf16_with_bom(tmp_path: Path) -> None:
 def test_invalid_utf8_does_not_crash(tmp_path: Path) -> None:
     data = b"valid start " + b"\xff\xfe\xc3\x28 mixed \xe2\x82 bytes " * 20
     kind, text = parse(write(tmp_path, "odd.txt", data))
-    assert kind == "text" and "valid start" in text
+    assert kind == "text"
+    assert "valid start" in text
 
 
 def test_normalize_strips_controls_and_blank_runs() -> None:
@@ -202,9 +229,13 @@ def test_whitespace_only_file_has_no_text(tmp_path: Path) -> None:
 
 def test_exe_named_pdf_is_rejected(tmp_path: Path) -> None:
     path = write(tmp_path, "invoice.pdf", b"MZ\x90\x00" + bytes(range(256)) * 8)
-    with pytest.raises(DocumentRejected, match=r"named \.pdf but its content is not a PDF.*Windows executable"):
+    with pytest.raises(
+        DocumentRejected, match=r"named \.pdf but its content is not a PDF.*Windows executable"
+    ):
         detect_type(path, "invoice.pdf")
-    with pytest.raises(DocumentRejected, match="unsupported file type: looks like a Windows executable"):
+    with pytest.raises(
+        DocumentRejected, match="unsupported file type: looks like a Windows executable"
+    ):
         detect_type(path, "setup.bin")
 
 
@@ -241,3 +272,25 @@ def test_non_word_zips_are_rejected(tmp_path: Path) -> None:
         detect_type(write(tmp_path, "a.zip", buf.getvalue()), "a.zip")
     with pytest.raises(DocumentRejected, match="damaged"):
         detect_type(write(tmp_path, "cut.docx", buf.getvalue()[:20]), "cut.docx")
+
+
+def test_text_starting_like_a_magic_number_is_text(tmp_path: Path) -> None:
+    for name, body in (("bmw.txt", "BMW annual report\n"), ("mz", "MZ-80 service manual\n")):
+        assert parse(write(tmp_path, name, body)) == ("text", body.strip())
+
+
+def test_rtf_is_rejected(tmp_path: Path) -> None:
+    with pytest.raises(DocumentRejected, match="RTF"):
+        detect_type(write(tmp_path, "memo.rtf", "{\\rtf1\\ansi Hello}"), "memo.rtf")
+
+
+def test_markdown_with_inline_html_stays_markdown(tmp_path: Path) -> None:
+    body = "# Notes\n\n<div>box</div>\n<p>para</p>\n<span>x</span>\n"
+    assert parse(write(tmp_path, "readme.md", body))[0] == "markdown"
+
+
+def test_tab_separated_values_are_sniffed(tmp_path: Path) -> None:
+    body = "name\tage\tcity\n" + "".join(f"p{i}\t{20 + i}\tTown {i}\n" for i in range(5))
+    kind, text = parse(write(tmp_path, "people", body))
+    assert kind == "csv"
+    assert text.splitlines()[:2] == ["name | age | city", "p0 | 20 | Town 0"]

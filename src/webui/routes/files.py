@@ -166,5 +166,6 @@ async def retry_file(
     file.attempts, file.error, file.stage, file.progress = 0, None, None, 0.0
     file.queued_at, file.finished_at = datetime.now(UTC), None
     await session.commit()
+    await session.refresh(file)  # updated_at is set by the server
     await _enqueue(state, file.id)
     return file

@@ -20,6 +20,7 @@ import zipfile
 from pathlib import Path
 
 import puremagic
+from charset_normalizer import from_bytes
 
 from worker.pipeline.errors import DocumentRejected
 
@@ -27,6 +28,9 @@ KINDS = ("pdf", "docx", "html", "json", "csv", "markdown", "text")
 
 HEAD_BYTES = 64 * 1024
 """How much of the file is sniffed for text-type decisions."""
+
+SNIFF_CHARS = 8 * 1024
+"""csv.Sniffer is quadratic on hostile input (~30 s for 64 KB); keep it small."""
 
 BINARY_PROBE_BYTES = 8 * 1024
 """A NUL byte within this prefix (and no UTF-16/32 BOM) means binary."""
@@ -49,7 +53,10 @@ _KNOWN_BINARY: tuple[tuple[bytes, str], ...] = (
     (b"\xcf\xfa\xed\xfe", "a macOS executable (Mach-O)"),
     (b"\xce\xfa\xed\xfe", "a macOS executable (Mach-O)"),
     (b"\xca\xfe\xba\xbe", "a Java class or macOS universal binary"),
-    (b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1", "a legacy Microsoft Office file (.doc/.xls/.ppt); save it as .docx"),
+    (
+        b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1",
+        "a legacy Microsoft Office file (.doc/.xls/.ppt); save it as .docx",
+    ),
     (b"\x89PNG\r\n\x1a\n", "an image (PNG)"),
     (b"\xff\xd8\xff", "an image (JPEG)"),
     (b"GIF8", "an image (GIF)"),
@@ -67,9 +74,13 @@ _KNOWN_BINARY: tuple[tuple[bytes, str], ...] = (
 
 _NAME_PROMISES = {".pdf": ("pdf", "a PDF"), ".docx": ("docx", "a Word document")}
 _MARKDOWN_EXTS = (".md", ".markdown", ".mdown", ".mkd")
-_PLAIN_EXTS = (".txt", ".text", ".log") + _MARKDOWN_EXTS
-_HTML_START = re.compile(r"(<!--.*?-->\s*|<\?xml[^>]*>\s*)*<(!doctype\s+html|html[\s>])", re.I | re.S)
-_HTML_TAG = re.compile(r"<(html|head|body|div|p|span|table|tr|td|title|meta|a\s+href|ul|li|h[1-6])[\s>/]", re.I)
+_PLAIN_EXTS = (".txt", ".text", ".log", *_MARKDOWN_EXTS)
+_HTML_START = re.compile(
+    r"(<!--.*?-->\s*|<\?xml[^>]*>\s*)*<(!doctype\s+html|html[\s>])", re.I | re.S
+)
+_HTML_TAG = re.compile(
+    r"<(html|head|body|div|p|span|table|tr|td|title|meta|a\s+href|ul|li|h[1-6])[\s>/]", re.I
+)
 
 
 def detect_type(path: Path, filename: str) -> str:
@@ -91,7 +102,9 @@ def detect_type(path: Path, filename: str) -> str:
     if kind is None and not _looks_textual(head):
         what = _describe_binary(head)
         if promised:
-            raise DocumentRejected(f"file is named {ext} but its content is not {promised[1]} ({what})")
+            raise DocumentRejected(
+                f"file is named {ext} but its content is not {promised[1]} ({what})"
+            )
         raise DocumentRejected(f"unsupported file type: {what}")
     if kind is None:
         kind = _text_kind(head, ext, complete=size <= len(head))
@@ -116,7 +129,9 @@ def _zip_kind(path: Path) -> str:
         with zipfile.ZipFile(path) as zf:
             names = set(zf.namelist())
     except (zipfile.BadZipFile, OSError, ValueError, EOFError):
-        raise DocumentRejected("unsupported file type: a damaged or incomplete ZIP archive") from None
+        raise DocumentRejected(
+            "unsupported file type: a damaged or incomplete ZIP archive"
+        ) from None
     if "word/document.xml" in names:
         return "docx"
     if "xl/workbook.xml" in names:
@@ -136,7 +151,10 @@ def _looks_textual(head: bytes) -> bool:
     """Text if it carries a Unicode BOM, or has no NUL and a plausible encoding."""
     if any(head.startswith(bom) for bom, _ in BOMS):
         return True
-    if b"\x00" in head[:BINARY_PROBE_BYTES] or _known_binary(head):
+    # Real binaries have NULs in their headers; matching magic alone would
+    # misfile text that merely starts with "BM" or "MZ".  RTF is the textual
+    # format we still refuse.
+    if b"\x00" in head[:BINARY_PROBE_BYTES] or head.startswith(b"{\\rtf"):
         return False
     try:
         head.decode("utf-8")
@@ -144,8 +162,6 @@ def _looks_textual(head: bytes) -> bool:
     except UnicodeDecodeError as exc:
         if exc.start >= len(head) - 3:  # a multi-byte char cut by the head limit
             return True
-    from charset_normalizer import from_bytes  # slow import; only for non-UTF-8
-
     return from_bytes(head[:BINARY_PROBE_BYTES]).best() is not None
 
 
@@ -193,8 +209,6 @@ def _decode_legacy(data: bytes) -> str:
     Central European code pages and picks the latter ("crème" -> "crčme");
     Western files are the common legacy case, so ties go to cp1252.
     """
-    from charset_normalizer import from_bytes  # slow import; only for non-UTF-8
-
     matches = from_bytes(data)
     best = matches.best()
     if best is None:
@@ -238,8 +252,8 @@ def _parses_as_json(sample: str) -> bool:
 
 def _sniffs_as_csv(sample: str) -> bool:
     """csv.Sniffer alone is too eager on prose; also require a stable column count."""
-    lines = sample[:16384].splitlines()[:21]
-    if len(lines) == 21 or len(sample) > 16384:
+    lines = sample[:SNIFF_CHARS].splitlines()[:21]
+    if len(lines) == 21 or len(sample) > SNIFF_CHARS:
         lines = lines[:-1]  # the last line may be cut off mid-row
     lines = [ln for ln in lines if ln.strip()]
     if len(lines) < 3:

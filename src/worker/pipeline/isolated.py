@@ -45,7 +45,7 @@ class ParsedDocument:
 def _context() -> multiprocessing.context.ForkServerContext:
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(PRELOAD)  # only has effect before the server starts
-    return ctx  # type: ignore[return-value]
+    return ctx
 
 
 def start_parser_server() -> None:
@@ -67,7 +67,7 @@ def _forget_inherited_forkserver() -> None:
     server is not our child.  Forgetting it makes this process start its own
     server on first use; it exits when this process does.
     """
-    server: Any = forkserver._forkserver  # noqa: SLF001 - no public API for this
+    server: Any = forkserver._forkserver  # no public API for this
     if getattr(server, "_forkserver_pid", None) is None:
         return
     alive_fd = server._forkserver_alive_fd
@@ -82,14 +82,18 @@ def _forget_inherited_forkserver() -> None:
 os.register_at_fork(after_in_child=_forget_inherited_forkserver)
 
 
-def parse_isolated(path: Path, filename: str, *, timeout_s: float, memory_mb: int) -> ParsedDocument:
+def parse_isolated(
+    path: Path, filename: str, *, timeout_s: float, memory_mb: int
+) -> ParsedDocument:
     """Detect and extract ``path`` in a child limited to ``timeout_s`` seconds
     (wall clock and CPU) and ``memory_mb`` MiB of address space.
 
     Raises ``DocumentRejected`` (including ``ParserLimitExceeded``) for a
     document that cannot be parsed, ``ParserCrashed`` for an unexplained death.
     """
-    text, kind = _run_child(_detect_and_extract, (str(path), filename), timeout_s=timeout_s, memory_mb=memory_mb)
+    text, kind = _run_child(
+        _detect_and_extract, (str(path), filename), timeout_s=timeout_s, memory_mb=memory_mb
+    )
     return ParsedDocument(text=text, kind=kind)
 
 
@@ -128,8 +132,10 @@ def _run_child(
     message: tuple[Any, ...] | None = None
     timed_out = False
     exitcode: int | None = None
+    started = False
     try:
         proc.start()
+        started = True
         writer.close()  # so a dead child reads as EOF, not as a hang
         # Read before joining: a large result fills the pipe buffer and the
         # child cannot exit until we drain it.
@@ -145,7 +151,7 @@ def _run_child(
     finally:
         if proc.is_alive():
             proc.kill()
-        if proc._popen is not None:  # noqa: SLF001 - start() may have failed
+        if started:
             proc.join()
             exitcode = proc.exitcode
             proc.close()
@@ -156,7 +162,9 @@ def _run_child(
     return _interpret(message, exitcode=exitcode, cpu_limit=cpu_limit, memory_mb=memory_mb)
 
 
-def _interpret(message: tuple[Any, ...] | None, *, exitcode: int | None, cpu_limit: int, memory_mb: int) -> Any:
+def _interpret(
+    message: tuple[Any, ...] | None, *, exitcode: int | None, cpu_limit: int, memory_mb: int
+) -> Any:
     """Turn the child's answer, or its manner of death, into a result or error."""
     if message is not None:
         status = message[0]
@@ -200,7 +208,9 @@ def _apply_limits(memory_mb: int, cpu_s: int) -> None:
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 
 
-def _child_main(conn: Connection, target: Callable[..., Any], args: tuple[Any, ...], memory_mb: int, cpu_s: int) -> None:
+def _child_main(
+    conn: Connection, target: Callable[..., Any], args: tuple[Any, ...], memory_mb: int, cpu_s: int
+) -> None:
     """Child entry point: apply limits, run, send exactly one message."""
     try:
         _apply_limits(memory_mb, cpu_s)
@@ -211,7 +221,7 @@ def _child_main(conn: Connection, target: Callable[..., Any], args: tuple[Any, .
             message = ("limit", "memory")
         except DocumentRejected as exc:
             message = ("rejected", exc.reason)
-        except Exception as exc:  # noqa: BLE001 - reported by type only, never contents
+        except Exception as exc:  # reported by type only, never contents
             message = ("error", type(exc).__name__)
         try:
             conn.send(message)

@@ -20,7 +20,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from worker.pipeline.detect import decode_text
+# Imported at module level on purpose: the forkserver preloads this module,
+# so every parser child starts with these libraries already loaded.
+import docx
+from bs4 import BeautifulSoup
+from docx.table import Table
+from pypdf import PdfReader
+
+from worker.pipeline.detect import SNIFF_CHARS, decode_text
 from worker.pipeline.errors import DocumentRejected
 
 MAX_PDF_PAGES = 2000
@@ -33,6 +40,9 @@ MAX_JSON_DEPTH = 100
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
 _BLANK_RUNS = re.compile(r"\n{3,}")
+# Anchored at the start of a space run and possessive, so it stays linear;
+# a naive r"[ \t]+\n" is quadratic on a long run of spaces.
+_TRAILING_SPACE = re.compile(r"(?<![ \t])[ \t]++(?=\n|\Z)")
 
 
 def extract_text(path: Path, kind: str) -> str:
@@ -56,8 +66,7 @@ def normalize_text(text: str) -> str:
     text = text.removeprefix("\ufeff").replace("\r\n", "\n").replace("\r", "\n")
     text = text.replace("\x0c", "\n").replace("\x0b", "\n")
     text = _CONTROL.sub("", text)
-    # Per line, not a regex like "[ \t]+\n": that is quadratic on long space runs.
-    text = "\n".join(line.rstrip(" \t") for line in text.split("\n"))
+    text = _TRAILING_SPACE.sub("", text)
     return _BLANK_RUNS.sub("\n\n", text).strip()
 
 
@@ -73,20 +82,20 @@ def _reject_on_failure(what: str) -> Iterator[None]:
         raise
     except RecursionError:
         raise DocumentRejected(f"{what} is nested too deeply to read") from None
-    except Exception as exc:  # noqa: BLE001 - libraries raise anything on junk
-        raise DocumentRejected(f"{what} could not be read; it may be damaged ({type(exc).__name__})") from None
+    except Exception as exc:  # libraries raise anything on junk
+        raise DocumentRejected(
+            f"{what} could not be read; it may be damaged ({type(exc).__name__})"
+        ) from None
 
 
 def _extract_pdf(path: Path) -> str:
-    from pypdf import PdfReader
-
     with _reject_on_failure("PDF"):
         reader = PdfReader(path)
         if reader.is_encrypted:
             try:
-                unlocked = reader.decrypt("")
-            except Exception:  # noqa: BLE001 - e.g. missing AES support
-                unlocked = 0
+                unlocked = bool(reader.decrypt(""))
+            except Exception:  # e.g. missing AES support
+                unlocked = False
             if not unlocked:
                 raise DocumentRejected("PDF is password-protected")
         count = len(reader.pages)
@@ -99,7 +108,7 @@ def _extract_pdf(path: Path) -> str:
             texts.append(reader.pages[index].extract_text() or "")
         except (MemoryError, RecursionError):
             raise
-        except Exception:  # noqa: BLE001 - one broken page should not lose the rest
+        except Exception:  # one broken page should not lose the rest
             failures += 1
     if failures and failures == count:
         raise DocumentRejected("PDF could not be read; every page is damaged")
@@ -118,14 +127,15 @@ def check_zip_container(path: Path) -> None:
         limit_mb = MAX_ZIP_TOTAL_BYTES // (1024 * 1024)
         raise DocumentRejected(f"looks like a zip bomb: it would expand to more than {limit_mb} MB")
     for info in infos:
-        if info.file_size > ZIP_RATIO_MIN_BYTES and info.file_size > MAX_ZIP_RATIO * max(info.compress_size, 1):
-            raise DocumentRejected(f"looks like a zip bomb: an entry is compressed more than {MAX_ZIP_RATIO}:1")
+        if info.file_size > ZIP_RATIO_MIN_BYTES and info.file_size > MAX_ZIP_RATIO * max(
+            info.compress_size, 1
+        ):
+            raise DocumentRejected(
+                f"looks like a zip bomb: an entry is compressed more than {MAX_ZIP_RATIO}:1"
+            )
 
 
 def _extract_docx(path: Path) -> str:
-    import docx
-    from docx.table import Table
-
     check_zip_container(path)
     lines: list[str] = []
 
@@ -151,8 +161,6 @@ def _extract_docx(path: Path) -> str:
 
 
 def _extract_html(path: Path) -> str:
-    from bs4 import BeautifulSoup
-
     data = path.read_bytes()
     with _reject_on_failure("HTML"):
         # Bytes in, so bs4 honours <meta charset>. lxml's HTML parser never
@@ -208,10 +216,11 @@ def _scalar(value: Any) -> str:
 
 def _extract_csv(path: Path) -> str:
     text = decode_text(path.read_bytes())
-    sample = text[:65536]
-    delimiter = "\t" if path.suffix.lower() == ".tsv" else None
+    sample = text[:SNIFF_CHARS]
+    if len(text) > SNIFF_CHARS and "\n" in sample:
+        sample = sample[: sample.rindex("\n")]  # whole rows only
     try:
-        dialect: Any = csv.Sniffer().sniff(sample, delimiters=delimiter or ",;\t|")
+        dialect: Any = csv.Sniffer().sniff(sample, delimiters=",;\t|")
     except csv.Error:
         dialect = csv.excel
     rows: list[str] = []
