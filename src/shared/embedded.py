@@ -19,10 +19,12 @@ registered with atexit here: call ``stop()`` or use ``with``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import logging
 import os
+import pwd
 import signal
 import socket
 import subprocess
@@ -30,7 +32,7 @@ import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Self, TypeAlias
+from typing import Any, Self, TypeAlias
 
 import psycopg
 import redis
@@ -62,6 +64,14 @@ def _alive(pid: int, name: str) -> bool:
     except OSError:
         return False
     return rest.split()[0] != "Z" and head.partition("(")[2].startswith(name)
+
+
+def _run_as(user: str | None) -> dict[str, Any]:
+    """subprocess arguments that run a child as `user` with only that user's group."""
+    if user is None:
+        return {}
+    entry = pwd.getpwnam(user)
+    return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
 
 
 def _read_pid(pid_file: Path, name: str) -> int | None:
@@ -129,8 +139,8 @@ class _Server:
         self._port_file.write_text(f"{self.port}\n")
         with open(log_path, "ab") as out:  # also catches what is printed before logging is set up
             self._proc = subprocess.Popen(
-                cmd, user=user, cwd=self.data_dir, stdin=subprocess.DEVNULL, stdout=out,
-                stderr=subprocess.STDOUT, start_new_session=True)
+                cmd, cwd=self.data_dir, stdin=subprocess.DEVNULL, stdout=out,
+                stderr=subprocess.STDOUT, start_new_session=True, **_run_as(user))
         return self._proc
 
     def _stop(self, pid: int | None, signals: tuple[int, ...], timeout: float) -> None:
@@ -196,19 +206,25 @@ class EmbeddedPostgres(_Server):
         assert entry is not None
         for path in (self.pgdata, self.socket_dir):
             os.chown(path, entry.pw_uid, entry.pw_gid)
-        # chmod g+rx,o+rx on every parent folder. Redone on each start: a new pytest session
-        # resets /tmp/pytest-of-root to 0700.
-        pg_utils.ensure_prefix_permissions(self.pgdata)
+        self._grant_traversal()
         pg_utils.ensure_prefix_permissions(POSTGRES_BIN_PATH)
         pg_utils.ensure_folder_permissions(POSTGRES_BIN_PATH, 0o055)  # g+rx, o+rx
         pg_utils.ensure_folder_permissions(POSTGRES_BIN_PATH.parent / "lib", 0o044)  # g+r, o+r
+
+    def _grant_traversal(self) -> None:
+        """As root, chmod g+rx,o+rx every parent of PGDATA: the server opens some files by
+        absolute path (e.g. global/pg_control at each checkpoint). Redone at each start and
+        stop, because a new pytest session resets /tmp/pytest-of-root to 0700."""
+        if self._user is not None and self.pgdata.exists():
+            pg_utils.ensure_prefix_permissions(self.pgdata)
 
     def _initdb(self) -> None:
         log.info("initdb %s", self.pgdata)
         cmd = [str(POSTGRES_BIN_PATH / "initdb"), "-D", str(self.pgdata), "-U", PG_USER,
                "--auth=trust", "--encoding=UTF8", "--no-locale"]
         res = subprocess.run(
-            cmd, user=self._user, cwd=self.pgdata, capture_output=True, text=True, timeout=120)
+            cmd, cwd=self.pgdata, capture_output=True, text=True, timeout=120, **_run_as(self._user)
+        )
         if res.returncode != 0:
             raise RuntimeError(f"initdb failed ({res.returncode}):\n{res.stdout}{res.stderr}")
         hba = "local all all trust\nhost all all 127.0.0.1/32 trust\n"
@@ -261,7 +277,10 @@ class EmbeddedPostgres(_Server):
 
         Signals the postmaster directly: pg_ctl would need to traverse to PGDATA again.
         """
+        self._grant_traversal()  # for the shutdown checkpoint
         self._stop(self.pid, (signal.SIGINT, signal.SIGQUIT, signal.SIGKILL), 30)
+        with contextlib.suppress(OSError):  # empty once postgres has exited
+            self.socket_dir.rmdir()
 
 
 class EmbeddedRedis(_Server):
