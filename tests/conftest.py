@@ -100,7 +100,7 @@ class Proc:
 
     def __init__(self, args: list[str], env: dict[str, str], log_path: Path):
         self.log_path = log_path
-        self._log = open(log_path, "wb")  # noqa: SIM115
+        self._log = open(log_path, "wb")
         self.popen = subprocess.Popen(
             [sys.executable, "-m", "shared.cli", *args], env={**os.environ, **env},
             stdout=self._log, stderr=subprocess.STDOUT,

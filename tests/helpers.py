@@ -23,7 +23,9 @@ def unique_text(label: str = "doc") -> str:
     return f"{label} {uuid.uuid4().hex}\n"
 
 
-def upload(client: httpx.Client, name: str, data: bytes, content_type: str = "application/octet-stream") -> httpx.Response:
+def upload(
+    client: httpx.Client, name: str, data: bytes, content_type: str = "application/octet-stream"
+) -> httpx.Response:
     return client.post("/api/v1/files", files={"file": (name, io.BytesIO(data), content_type)})
 
 

@@ -44,14 +44,14 @@ class Embedder:
         from sentence_transformers import SentenceTransformer
         from transformers.utils import logging as hf_logging
 
-        hf_logging.disable_progress_bar()
+        hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
         torch.set_num_threads(threads)
         started = time.perf_counter()
         self.model = SentenceTransformer(str(path), device=device, local_files_only=True)
         self.path = path
         self.name = DEFAULT_MODEL_NAME if path.name == "model" else path.name
-        self.max_seq_length = int(self.model.max_seq_length)
-        self.dim = int(self.model.get_embedding_dimension())
+        self.max_seq_length = int(self.model.max_seq_length or 256)
+        self.dim = int(self.model.get_embedding_dimension() or 0)
         self.threads = threads
         self.load_seconds = time.perf_counter() - started
 
@@ -65,7 +65,8 @@ class Embedder:
         return time.perf_counter() - started
 
     def encode_query(self, query: str) -> np.ndarray:
-        return self.encode([query], batch_size=1)[0]
+        vector: np.ndarray = self.encode([query], batch_size=1)[0]
+        return vector
 
     def encode(
         self,

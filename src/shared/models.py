@@ -38,7 +38,7 @@ def _now() -> Any:
     return func.now()
 
 
-class FileStatus(str, enum.Enum):
+class FileStatus(enum.StrEnum):
     queued = "queued"
     processing = "processing"
     done = "done"

@@ -48,6 +48,9 @@ class Settings(BaseSettings):
     job_max_retries: int = Field(default=3, ge=0, le=20)
     job_retry_delay: int = Field(default=30, ge=0, le=86_400)
     job_monitoring_interval: int = Field(default=10, ge=1, le=300)
+    # A running job's heartbeat lives JOB_MONITORING_INTERVAL + this; a worker killed
+    # mid-job is noticed (and its job retried) that long after its last beat.
+    worker_heartbeat_grace: int = Field(default=60, ge=1, le=3_600)
     worker_maintenance_interval: int = Field(default=60, ge=1, le=3_600)
     reconcile_interval: float = Field(default=30.0, gt=0, le=3_600)
     reconcile_queued_grace: float = Field(default=30.0, ge=0, le=86_400)

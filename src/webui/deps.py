@@ -64,7 +64,8 @@ async def get_current_user(request: Request, session: SessionDep) -> User:
     now = datetime.now(UTC)
     if row is None or not key_matches(token.strip(), row.ApiKey.key_hash):
         raise _unauthorized("the API key is not valid")
-    key, user = row.ApiKey, row.User
+    key: ApiKey = row.ApiKey
+    user: User = row.User
     if key.revoked_at is not None or (key.expires_at is not None and key.expires_at <= now):
         raise _unauthorized("the API key has been revoked or has expired")
     if not user.is_active:

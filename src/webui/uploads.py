@@ -81,7 +81,7 @@ async def receive_upload(request: Request, upload_dir: Path, max_bytes: int) -> 
     folder = incoming_dir(upload_dir)
     await anyio.to_thread.run_sync(lambda: folder.mkdir(parents=True, exist_ok=True))
     temp_path = folder / f"{uuid.uuid4().hex}.part"
-    out: IO[bytes] = await anyio.to_thread.run_sync(lambda: open(temp_path, "wb"))  # noqa: SIM115
+    out: IO[bytes] = await anyio.to_thread.run_sync(lambda: open(temp_path, "wb"))
 
     def on_header_field(data: bytes, start: int, end: int) -> None:
         state.header_field += data[start:end]

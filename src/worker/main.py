@@ -72,7 +72,7 @@ class SluiceWorker(SimpleWorker):
         key = FACTS_KEY.format(name=self.name)
         try:
             with self.connection.pipeline() as pipe:
-                pipe.hset(key, mapping=self.runtime.facts())
+                pipe.hset(key, mapping=dict(self.runtime.facts()))  # type: ignore[arg-type]
                 pipe.expire(key, int(self.job_monitoring_interval) + 120)
                 pipe.execute()
         except RedisError as err:

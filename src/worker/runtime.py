@@ -20,12 +20,12 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.db import create_worker_engine, sync_session_factory
+from shared.embedding import Embedder, embed_threads, model_path
 from shared.models import AppConfig
 from shared.queue import make_queue
 from shared.redis_pool import create_redis
 from shared.settings import Settings
 from worker.pipeline.chunk import Chunker
-from shared.embedding import Embedder, embed_threads, model_path
 
 log = logging.getLogger("sluice.worker")
 

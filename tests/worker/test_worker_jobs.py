@@ -10,7 +10,7 @@ import httpx
 from redis import Redis
 from sqlalchemy import Engine, text
 
-from conftest import Stack, ApiUser
+from conftest import ApiUser, Stack
 from helpers import upload, wait_for_status, wait_until
 from shared.models import File
 from shared.queue import enqueue_ingest, make_queue

@@ -15,7 +15,7 @@ branch_labels = None
 depends_on = None
 
 
-def _ts(name: str, default: bool = False, nullable: bool = True) -> sa.Column:
+def _ts(name: str, default: bool = False, nullable: bool = True) -> sa.Column[object]:
     return sa.Column(
         name,
         sa.DateTime(timezone=True),
