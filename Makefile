@@ -7,7 +7,7 @@ WORKERS ?= 1
 PORT ?= 8000
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install run test check bench loadtest clean
+.PHONY: install system-deps run test check bench loadtest clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,10 +19,13 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
+system-deps:
+	bash scripts/install-system-deps.sh
+
 run: install
 	$(VENV)/bin/sluice up --workers $(WORKERS) --port $(PORT)
 
-test: install
+test: install system-deps
 	$(PY) -m pytest
 
 check: install

@@ -40,6 +40,7 @@ TEST_ENV = {
     "PARSE_TIMEOUT": "30",
     "HF_HUB_OFFLINE": "1",
     "LOG_LEVEL": "INFO",
+    "WORKER_METRICS_PORT": "0",  # several workers per machine; `stack` gives its worker a free port
 }
 
 
@@ -140,11 +141,32 @@ def start_worker(env: dict[str, str], log_path: Path, redis: Redis) -> Proc:
     return proc
 
 
+def start_webui(env: dict[str, str], log_path: Path, port: int, *, wait: bool = True) -> Proc:
+    """Start `sluice webui` on `port`; with `wait`, return once /readyz answers 200."""
+    webui = Proc(["webui", "--port", str(port)], env, log_path)
+    if wait:
+        wait_webui_ready(webui, f"http://127.0.0.1:{port}")
+    return webui
+
+
+def wait_webui_ready(webui: Proc, url: str, timeout: float = 120) -> None:
+    def ready() -> bool:
+        if webui.popen.poll() is not None:
+            raise AssertionError(f"webui exited:\n{webui.log()[-3000:]}")
+        try:
+            return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_until(ready, timeout, "webui ready")
+
+
 @dataclass
 class Stack:
     url: str
     webui: Proc
     worker: Proc
+    worker_metrics_url: str = ""
 
 
 @pytest.fixture(scope="session")
@@ -155,21 +177,14 @@ def stack(
     """One webui and one worker for the whole session, as `sluice up` would run them."""
     logs = tmp_path_factory.mktemp("logs")
     port = free_port()
-    webui = Proc(["webui", "--port", str(port)], env, logs / "webui.log")
-    worker = start_worker(env, logs / "worker.log", redis_client)
+    webui = start_webui(env, logs / "webui.log", port, wait=False)  # boots while the worker does
+    metrics_port = free_port()
+    metrics_env = {"WORKER_METRICS_PORT": str(metrics_port), "WORKER_METRICS_HOST": "127.0.0.1"}
+    worker = start_worker({**env, **metrics_env}, logs / "worker.log", redis_client)
     url = f"http://127.0.0.1:{port}"
-
-    def ready() -> bool:
-        if webui.popen.poll() is not None:
-            raise AssertionError(f"webui exited:\n{webui.log()[-3000:]}")
-        try:
-            return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    wait_until(ready, 120, "webui ready")
+    wait_webui_ready(webui, url)
     try:
-        yield Stack(url, webui, worker)
+        yield Stack(url, webui, worker, f"http://127.0.0.1:{metrics_port}/metrics")
     finally:
         worker.stop()
         webui.stop()

@@ -25,6 +25,7 @@ import importlib.util
 import logging
 import os
 import pwd
+import shutil
 import signal
 import socket
 import subprocess
@@ -219,14 +220,21 @@ class EmbeddedPostgres(_Server):
             pg_utils.ensure_prefix_permissions(self.pgdata)
 
     def _initdb(self) -> None:
-        log.info("initdb %s", self.pgdata)
         cmd = [str(POSTGRES_BIN_PATH / "initdb"), "-D", str(self.pgdata), "-U", PG_USER,
                "--auth=trust", "--encoding=UTF8", "--no-locale"]
-        res = subprocess.run(
-            cmd, cwd=self.pgdata, capture_output=True, text=True, timeout=120, **_run_as(self._user)
-        )
-        if res.returncode != 0:
-            raise RuntimeError(f"initdb failed ({res.returncode}):\n{res.stdout}{res.stderr}")
+        for attempt in range(1, 4):
+            log.info("initdb %s", self.pgdata)
+            res = subprocess.run(
+                cmd, cwd=self.pgdata, capture_output=True, text=True, timeout=120, **_run_as(self._user)
+            )
+            if res.returncode == 0:
+                break
+            if self._user is None or attempt == 3:
+                raise RuntimeError(f"initdb failed ({res.returncode}):\n{res.stdout}{res.stderr}")
+            # As root, a parent folder may lose o+x mid-way (see _grant_traversal): start over.
+            log.warning("initdb failed, retrying:\n%s", res.stderr)
+            shutil.rmtree(self.pgdata)
+            self._prepare()
         hba = "local all all trust\nhost all all 127.0.0.1/32 trust\n"
         (self.pgdata / "pg_hba.conf").write_text(hba)
 

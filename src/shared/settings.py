@@ -54,6 +54,9 @@ class Settings(BaseSettings):
     worker_maintenance_interval: int = Field(default=60, ge=1, le=3_600)
     reconcile_interval: float = Field(default=30.0, gt=0, le=3_600)
     reconcile_queued_grace: float = Field(default=30.0, ge=0, le=86_400)
+    # The worker's own /metrics (Prometheus scrapes the pod IP); 0 = not served.
+    worker_metrics_port: int = Field(default=9100, ge=0, le=65_535)
+    worker_metrics_host: str = "0.0.0.0"
 
     # --- Pipeline -----------------------------------------------------------
     embedding_model: str = Field(

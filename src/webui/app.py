@@ -13,13 +13,15 @@ from prometheus_client import CollectorRegistry
 from prometheus_fastapi_instrumentator import Instrumentator
 from starlette.concurrency import run_in_threadpool
 
-from shared.db import async_session_factory, create_webui_engine
+from shared.db import async_session_factory, create_webui_engine, pool_limit
 from shared.embedding import Embedder, model_path
+from shared.metrics_queue import process_metrics
 from shared.queue import make_queue
 from shared.redis_pool import create_redis
 from shared.settings import Settings, get_settings
 from webui.errors import install_error_handlers
-from webui.routes import files, health, search
+from webui.events import EventHub
+from webui.routes import events, files, health, me, page, search
 from webui.state import AppState
 
 log = logging.getLogger("sluice.webui")
@@ -27,6 +29,7 @@ log = logging.getLogger("sluice.webui")
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    registry = CollectorRegistry()  # one per app: tests build several apps in one process
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -36,15 +39,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         embedder = await run_in_threadpool(Embedder, model_path(settings), threads=1)
         await run_in_threadpool(embedder.warm_up)
         settings.upload_dir.mkdir(parents=True, exist_ok=True)
+        hub = EventHub(settings.redis_url)
+        await hub.start()
         app.state.sluice = AppState(
             settings=settings, engine=engine, session_factory=async_session_factory(engine),
             redis=redis, queue=make_queue(redis, settings), embedder=embedder,
-            encode_limiter=anyio.CapacityLimiter(1),
+            encode_limiter=anyio.CapacityLimiter(1), events=hub,
+        )
+        metrics = process_metrics(
+            registry, engine=engine.sync_engine, db_limit=pool_limit(settings, "webui"),
+            redis=redis, queue=app.state.sluice.queue, settings=settings,
         )
         log.info("webui.ready model=%s model_load=%.2fs", embedder.name, embedder.load_seconds)
         try:
             yield
         finally:
+            metrics.close()
+            await hub.stop()
             await engine.dispose()
             redis.close()
             redis.connection_pool.disconnect()
@@ -57,9 +68,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     api = "/api/v1"
     app.include_router(files.router, prefix=api)
     app.include_router(search.router, prefix=api)
+    app.include_router(events.router, prefix=api)
+    app.include_router(me.router, prefix=api)
+    app.include_router(page.router)
     app.include_router(health.router)
-    # A registry per app: tests build several apps in one process.
-    Instrumentator(registry=CollectorRegistry()).instrument(app).expose(
+    Instrumentator(registry=registry).instrument(app).expose(
         app, endpoint="/metrics", include_in_schema=False
     )
     return app

@@ -48,7 +48,13 @@ def _unauthorized(detail: str) -> ApiError:
     return ApiError(401, "unauthorized", detail, {"WWW-Authenticate": "Bearer"})
 
 
-async def get_current_user(request: Request, session: SessionDep) -> User:
+async def get_current_user(request: Request, state: StateDep) -> User:
+    """The caller, from `Authorization: Bearer <key>`.
+
+    Uses its own short session, closed before the route runs: an upload that
+    streams for minutes, or an event stream that stays open for hours, must not
+    hold a pooled database connection while it does.
+    """
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token:
@@ -56,22 +62,25 @@ async def get_current_user(request: Request, session: SessionDep) -> User:
     prefix = split_prefix(token.strip())
     if prefix is None:
         raise _unauthorized("the API key is malformed")
-    row = (
-        await session.execute(
-            select(ApiKey, User).join(User, User.id == ApiKey.user_id).where(ApiKey.prefix == prefix)
-        )
-    ).first()
     now = datetime.now(UTC)
-    if row is None or not key_matches(token.strip(), row.ApiKey.key_hash):
-        raise _unauthorized("the API key is not valid")
-    key: ApiKey = row.ApiKey
-    user: User = row.User
-    if key.revoked_at is not None or (key.expires_at is not None and key.expires_at <= now):
-        raise _unauthorized("the API key has been revoked or has expired")
-    if not user.is_active:
-        raise _unauthorized("this account is disabled")
-    if key.last_used_at is None or now - key.last_used_at > _LAST_USED_RESOLUTION:
-        await session.execute(update(ApiKey).where(ApiKey.id == key.id).values(last_used_at=now))
+    async with state.session_factory() as session:
+        row = (
+            await session.execute(
+                select(ApiKey, User).join(User, User.id == ApiKey.user_id)
+                .where(ApiKey.prefix == prefix)
+            )
+        ).first()
+        if row is None or not key_matches(token.strip(), row.ApiKey.key_hash):
+            raise _unauthorized("the API key is not valid")
+        key: ApiKey = row.ApiKey
+        user: User = row.User
+        if key.revoked_at is not None or (key.expires_at is not None and key.expires_at <= now):
+            raise _unauthorized("the API key has been revoked or has expired")
+        if not user.is_active:
+            raise _unauthorized("this account is disabled")
+        if key.last_used_at is None or now - key.last_used_at > _LAST_USED_RESOLUTION:
+            await session.execute(update(ApiKey).where(ApiKey.id == key.id).values(last_used_at=now))
+            await session.commit()
     return user
 
 

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from shared.embedding import Embedder
 from shared.settings import Settings
+from webui.events import EventHub
 
 
 @dataclass
@@ -25,3 +26,4 @@ class AppState:
     # Queries are encoded one at a time with one torch thread: the webui's CPU
     # belongs to request handling, not to a pile of parallel encodes.
     encode_limiter: anyio.CapacityLimiter
+    events: EventHub  # the one pub/sub subscription of this process

@@ -21,6 +21,7 @@ from rq.serializers import JSONSerializer
 from rq.worker import WorkerStatus
 
 from shared.settings import Settings
+from worker.metrics import WorkerMetrics, start_worker_metrics
 from worker.pipeline.isolated import start_parser_server
 from worker.reconciler import ReconcilerThread
 from worker.runtime import Runtime, boot
@@ -39,9 +40,18 @@ class SluiceWorker(SimpleWorker):
     """
 
     runtime: Runtime | None = None
+    metrics: WorkerMetrics | None = None
+    heartbeat_grace: int = 60  # WORKER_HEARTBEAT_GRACE
 
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
-        return int(self.job_monitoring_interval) + 60
+        return int(self.job_monitoring_interval) + self.heartbeat_grace
+
+    @property
+    def _dequeue_timeout_disabled(self) -> int:
+        # RQ blocks an idle worker in BLMOVE for worker_ttl - 15 s (405 s) and runs
+        # maintenance only between dequeues: an idle worker would find a dead worker's
+        # abandoned job minutes late. Wake up at least every maintenance interval.
+        return max(1, min(super().dequeue_timeout, int(self.maintenance_interval)))
 
     def execute_job(self, job: Job, queue: Queue) -> None:
         stop = threading.Event()
@@ -50,11 +60,16 @@ class SluiceWorker(SimpleWorker):
             target=self._beat, args=(job, execution, stop), name="sluice-heartbeat", daemon=True
         )
         beat.start()
+        ok = False
+        if self.metrics is not None:
+            self.metrics.job_started(job)
         try:
-            self.perform_job(job, queue, execution)
+            ok = self.perform_job(job, queue, execution)
         finally:
             stop.set()
             beat.join(timeout=5)
+            if self.metrics is not None:
+                self.metrics.job_finished(job, ok)
         self.set_state(WorkerStatus.IDLE)
         self.publish_facts()
 
@@ -94,8 +109,11 @@ def run(settings: Settings, *, processes_sharing_cpus: int = 1, burst: bool = Fa
         maintenance_interval=settings.worker_maintenance_interval,
     )
     worker.runtime = runtime
+    worker.heartbeat_grace = settings.worker_heartbeat_grace
+    worker.metrics = start_worker_metrics(settings, runtime)
     worker.publish_facts()
-    reconciler = ReconcilerThread(runtime.redis, runtime.session_factory, runtime.queue, settings)
+    reconciler = ReconcilerThread(runtime.redis, runtime.session_factory, runtime.queue, settings,
+                                  on_result=worker.metrics.reconciled)
     reconciler.start()
     try:
         worker.work(with_scheduler=True, burst=burst, logging_level=settings.log_level)

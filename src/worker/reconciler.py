@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -109,17 +110,20 @@ class ReconcilerThread(threading.Thread):
 
     def __init__(
         self, redis: Redis, session_factory: sessionmaker[Session], queue: Queue,
-        settings: Settings,
+        settings: Settings, on_result: Callable[[ReconcileResult], None] | None = None,
     ):
         super().__init__(name="sluice-reconciler", daemon=True)
         self._args = (redis, session_factory, queue, settings)
+        self._on_result = on_result  # e.g. the worker's metrics
         self._interval = settings.reconcile_interval
         self._stop_event = threading.Event()
 
     def run(self) -> None:
         while not self._stop_event.wait(self._interval):
             try:
-                run_locked(*self._args)
+                result = run_locked(*self._args)
+                if result is not None and self._on_result is not None:
+                    self._on_result(result)
             except (RedisError, SQLAlchemyError) as err:
                 log.warning("reconciler.skipped error=%s", err)
             except Exception:

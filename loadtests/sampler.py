@@ -1,0 +1,137 @@
+"""Server-side facts, once a second, into a JSONL file (and memory).
+
+Postgres: client connections per application_name (total, and not idle: for
+the webui that is the pool's checked-out connections, near enough; the webui
+exposes no pool gauge on /metrics). The run's files by status. Redis:
+clients per name, the RQ queue length, started/scheduled jobs, how many
+workers are busy, and the workers' published facts. CPU: the machine's busy
+cores, those of the processes we started (per component, including reaped
+children such as short-lived Postgres backends) and so the rest of the machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psutil
+import psycopg
+import redis
+
+_PG_SQL = """
+SELECT coalesce(nullif(application_name, ''), '(none)'), state <> 'idle', count(*)
+FROM pg_stat_activity
+WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()
+GROUP BY 1, 2
+"""
+_FILES_SQL = """
+SELECT status, count(*), coalesce(sum(chunk_count), 0) FROM files
+WHERE owner_id = ANY(%s::uuid[]) GROUP BY status
+"""
+
+
+def _tree_cpu(pid: int) -> float:
+    """CPU seconds of a process, its live descendants and all the children they reaped."""
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return 0.0
+    total = 0.0
+    for p in procs:
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system + t.children_user + t.children_system
+        except psutil.Error:
+            continue
+    return total
+
+
+class Sampler(threading.Thread):
+    def __init__(self, pg_url: str, redis_url: str, owner_ids: list[str], queue: str,
+                 pids: Callable[[], dict[str, int]], out: Path, interval: float = 1.0):
+        super().__init__(name="sampler", daemon=True)
+        self.pg_url, self.redis_url, self.owner_ids = pg_url, redis_url, owner_ids
+        self.queue, self.pids, self.out, self.interval = queue, pids, out, interval
+        self.samples: list[dict[str, Any]] = []
+        self.errors = 0
+        self._stop = threading.Event()
+        self._cpu_prev: dict[str, float] = {}
+        self._machine_prev = psutil.cpu_times()
+        self._t_prev = time.monotonic()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.join(timeout=10)
+
+    def run(self) -> None:
+        with psycopg.connect(self.pg_url, autocommit=True,
+                             application_name="sluice-loadtest-sampler") as pg, \
+                open(self.out, "a", buffering=1) as out:
+            rd = redis.Redis.from_url(self.redis_url, socket_timeout=5, decode_responses=True)
+            rd.client_setname("sluice-loadtest-sampler")
+            while not self._stop.wait(self.interval):
+                try:
+                    sample = self._sample(pg, rd)
+                except (psycopg.Error, redis.RedisError) as err:
+                    self.errors += 1
+                    sample = {"t": time.time(), "error": str(err)[:200]}
+                self.samples.append(sample)
+                out.write(json.dumps(sample) + "\n")
+            rd.close()
+
+    def _sample(self, pg: psycopg.Connection, rd: redis.Redis) -> dict[str, Any]:
+        t = time.time()
+        conns: dict[str, dict[str, int]] = {}
+        for app, busy, n in pg.execute(_PG_SQL).fetchall():
+            entry = conns.setdefault(app, {"total": 0, "busy": 0})
+            entry["total"] += n
+            entry["busy"] += n if busy else 0
+        files = {s: n for s, n, _ in pg.execute(_FILES_SQL, (self.owner_ids,)).fetchall()}
+        chunks_done = sum(c for s, _, c in pg.execute(_FILES_SQL, (self.owner_ids,)).fetchall()
+                          if s == "done")
+        clients: dict[str, int] = {}
+        for c in rd.client_list():
+            name = c.get("name") or "(none)"
+            clients[name] = clients.get(name, 0) + 1
+        workers = list(rd.smembers(f"rq:workers:{self.queue}"))
+        states = [rd.hget(w, "state") for w in workers]
+        facts = {}
+        for key in rd.scan_iter("sluice:worker-facts:*"):
+            f = rd.hgetall(key)
+            facts[f.get("pid", key)] = {k: f.get(k) for k in (
+                "jobs_done", "jobs_failed", "db_checked_out", "model_loads", "embed_threads")}
+        return {
+            "t": t, "load1": os.getloadavg()[0], "pg": conns, "files": files,
+            "chunks_done": chunks_done, "redis_clients": clients,
+            "queue": rd.llen(f"rq:queue:{self.queue}"), "wip": rd.zcard(f"rq:wip:{self.queue}"),
+            "scheduled": rd.zcard(f"rq:scheduled:{self.queue}"),
+            "workers": len(workers), "busy": sum(s == "busy" for s in states),
+            "facts": facts, "cpu": self._cpu(),
+        }
+
+    def _cpu(self) -> dict[str, float]:
+        """Cores busy since the last sample: machine, ours by component, and the rest."""
+        now = time.monotonic()
+        dt = max(now - self._t_prev, 1e-3)
+        m = psutil.cpu_times()
+        busy = (sum(m) - m.idle - m.iowait) - (
+            sum(self._machine_prev) - self._machine_prev.idle - self._machine_prev.iowait)
+        self._machine_prev, self._t_prev = m, now
+        out = {"machine": busy / dt}
+        ours = 0.0
+        for name, pid in {**self.pids(), "orchestrator": os.getpid()}.items():
+            total = _tree_cpu(pid)
+            delta = max(total - self._cpu_prev.get(name, total), 0.0)
+            self._cpu_prev[name] = total
+            group = name.split("-")[0]
+            out[group] = out.get(group, 0.0) + delta / dt
+            ours += delta / dt
+        out["ours"] = ours
+        out["others"] = max(out["machine"] - ours, 0.0)
+        return out

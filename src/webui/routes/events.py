@@ -1,0 +1,55 @@
+"""`GET /api/v1/events`: the caller's own file events as Server-Sent Events."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+from fastapi import APIRouter, Request
+from fastapi.responses import StreamingResponse
+
+from webui.deps import CurrentUser, StateDep
+from webui.events import RESYNC
+
+router = APIRouter(tags=["events"])
+HEARTBEAT_S = 15.0
+
+
+def _frame(event_id: str, event: str, data: str) -> str:
+    head = f"id: {event_id}\n" if event_id else ""
+    return f"{head}event: {event}\ndata: {data}\n\n"
+
+
+@router.get("/events", response_class=StreamingResponse)
+async def events(request: Request, user: CurrentUser, state: StateDep) -> StreamingResponse:
+    """Stream `file` events (status, stage, progress) for your files; `resync` means
+    "refetch your files' status" (after a gap the server cannot fill)."""
+    hub = state.events
+    user_id = str(user.id)
+    sub = hub.subscribe(user_id)
+    missed = hub.replay(user_id, request.headers.get("last-event-id"))
+
+    async def stream() -> AsyncIterator[str]:
+        try:
+            yield "retry: 3000\n\n"
+            if missed is None:
+                yield _frame("", RESYNC, "{}")
+            else:
+                for item in missed:
+                    yield _frame(*item)
+            while True:
+                try:
+                    item = await asyncio.wait_for(sub.queue.get(), timeout=HEARTBEAT_S)
+                except TimeoutError:
+                    if await request.is_disconnected():
+                        return
+                    yield ": heartbeat\n\n"
+                    continue
+                yield _frame(*item)
+        finally:
+            hub.unsubscribe(sub)
+
+    return StreamingResponse(
+        stream(), media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )

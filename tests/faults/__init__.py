@@ -1,0 +1,1 @@
+"""Fault tests: each module runs its own Postgres, Redis, webui and workers."""
