@@ -35,12 +35,13 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from locust import FastHttpUser, LoadTestShape, events, task
-from locust.env import Environment
-
+import shapes
 from corpus import CORPUS_DIR, MEDIA_TYPES, PLACEHOLDER
 from corpus import load as load_corpus
+from locust import FastHttpUser, LoadTestShape, events, task
+from locust.env import Environment
 from queries import QUERIES
+from shapes import DEFAULT_SHAPE, parse_shape
 
 
 def _f(name: str, default: float) -> float:
@@ -54,30 +55,12 @@ CORPUS_SHARE = _f("SLUICE_CORPUS_SHARE", 0.3)
 VERIFY_SHARE = _f("SLUICE_VERIFY_SHARE", 0.5)
 SEED = int(_f("SLUICE_SEED", 1))
 RUN_LABEL = os.environ.get("SLUICE_RUN_LABEL", "run")
-DEFAULT_SHAPE = "10:10:60,50:20:120,100:20:180"
-
-
-def parse_shape(spec: str, scale: float) -> list[tuple[int, float, float]]:
-    """'10:10:60,50:20:120' → [(users, ramp_s, hold_s), ...], durations times scale."""
-    stages = []
-    for part in spec.split(","):
-        users, ramp, hold = (float(x) for x in part.split(":"))
-        stages.append((int(users), max(ramp * scale, 1.0), max(hold * scale, 1.0)))
-    return stages
-
-
 STAGES = parse_shape(os.environ.get("SLUICE_SHAPE", DEFAULT_SHAPE),
                      _f("SLUICE_SHAPE_SCALE", 1.0))
 
 
 def stage_at(t: float) -> str:
-    """The stage a moment of the run belongs to; a ramp counts as the stage it leads to."""
-    end = 0.0
-    for users, ramp, hold in STAGES:
-        end += ramp + hold
-        if t < end:
-            return f"{users} users"
-    return "stopping"
+    return shapes.stage_at(STAGES, t)
 
 
 class StagedShape(LoadTestShape):
@@ -98,7 +81,7 @@ class _Jsonl:
         self._out = None
         if path:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-            self._out = open(path, "a", buffering=1)  # noqa: SIM115 - closed at test_stop
+            self._out = open(path, "a", buffering=1)  # closed at test_stop
 
     def write(self, **record: Any) -> None:
         if self._out is not None:

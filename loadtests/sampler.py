@@ -2,7 +2,8 @@
 
 Postgres: client connections per application_name (total, and not idle: for
 the webui that is the pool's checked-out connections, near enough; the webui
-exposes no pool gauge on /metrics). The run's files by status. Redis:
+may expose pool gauges on /metrics: when it does, they are scraped too). The
+run's files by status. Redis:
 clients per name, the RQ queue length, started/scheduled jobs, how many
 workers are busy, and the workers' published facts. CPU: the machine's busy
 cores, those of the processes we started (per component, including reaped
@@ -19,9 +20,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psutil
 import psycopg
 import redis
+from prometheus_client.parser import text_string_to_metric_families
 
 _PG_SQL = """
 SELECT coalesce(nullif(application_name, ''), '(none)'), state <> 'idle', count(*)
@@ -29,6 +32,16 @@ FROM pg_stat_activity
 WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()
 GROUP BY 1, 2
 """
+# Webui /metrics samples worth keeping (summed over labels), when the webui has them.
+_METRICS = {
+    "sluice_db_pool_checked_out": "db_checked_out",
+    "sluice_db_pool_max": "db_pool_max",
+    "sluice_db_pool_wait_seconds_sum": "db_wait_sum",
+    "sluice_db_pool_wait_seconds_count": "db_wait_count",
+    "sluice_db_pool_timeouts_total": "db_timeouts",
+    "sluice_redis_pool_in_use": "redis_in_use",
+    "sluice_redis_errors_total": "redis_errors",
+}
 _FILES_SQL = """
 SELECT status, count(*), coalesce(sum(chunk_count), 0) FROM files
 WHERE owner_id = ANY(%s::uuid[]) GROUP BY status
@@ -54,19 +67,21 @@ def _tree_cpu(pid: int) -> float:
 
 class Sampler(threading.Thread):
     def __init__(self, pg_url: str, redis_url: str, owner_ids: list[str], queue: str,
-                 pids: Callable[[], dict[str, int]], out: Path, interval: float = 1.0):
+                 pids: Callable[[], dict[str, int]], out: Path, metrics_url: str | None = None,
+                 interval: float = 1.0):
         super().__init__(name="sampler", daemon=True)
+        self.metrics_url = metrics_url
         self.pg_url, self.redis_url, self.owner_ids = pg_url, redis_url, owner_ids
         self.queue, self.pids, self.out, self.interval = queue, pids, out, interval
         self.samples: list[dict[str, Any]] = []
         self.errors = 0
-        self._stop = threading.Event()
+        self._halt = threading.Event()
         self._cpu_prev: dict[str, float] = {}
         self._machine_prev = psutil.cpu_times()
         self._t_prev = time.monotonic()
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
         self.join(timeout=10)
 
     def run(self) -> None:
@@ -75,7 +90,7 @@ class Sampler(threading.Thread):
                 open(self.out, "a", buffering=1) as out:
             rd = redis.Redis.from_url(self.redis_url, socket_timeout=5, decode_responses=True)
             rd.client_setname("sluice-loadtest-sampler")
-            while not self._stop.wait(self.interval):
+            while not self._halt.wait(self.interval):
                 try:
                     sample = self._sample(pg, rd)
                 except (psycopg.Error, redis.RedisError) as err:
@@ -92,9 +107,9 @@ class Sampler(threading.Thread):
             entry = conns.setdefault(app, {"total": 0, "busy": 0})
             entry["total"] += n
             entry["busy"] += n if busy else 0
-        files = {s: n for s, n, _ in pg.execute(_FILES_SQL, (self.owner_ids,)).fetchall()}
-        chunks_done = sum(c for s, _, c in pg.execute(_FILES_SQL, (self.owner_ids,)).fetchall()
-                          if s == "done")
+        rows = pg.execute(_FILES_SQL, (self.owner_ids,)).fetchall()
+        files = {s: n for s, n, _ in rows}
+        chunks_done = sum(c for s, _, c in rows if s == "done")
         clients: dict[str, int] = {}
         for c in rd.client_list():
             name = c.get("name") or "(none)"
@@ -112,8 +127,22 @@ class Sampler(threading.Thread):
             "queue": rd.llen(f"rq:queue:{self.queue}"), "wip": rd.zcard(f"rq:wip:{self.queue}"),
             "scheduled": rd.zcard(f"rq:scheduled:{self.queue}"),
             "workers": len(workers), "busy": sum(s == "busy" for s in states),
-            "facts": facts, "cpu": self._cpu(),
+            "facts": facts, "cpu": self._cpu(), "webui": self._webui_metrics(),
         }
+
+    def _webui_metrics(self) -> dict[str, float] | None:
+        if not self.metrics_url:
+            return None
+        try:
+            text = httpx.get(self.metrics_url, timeout=2).text
+        except httpx.HTTPError:
+            return None
+        out: dict[str, float] = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if (key := _METRICS.get(sample.name)) is not None:
+                    out[key] = out.get(key, 0.0) + sample.value
+        return out
 
     def _cpu(self) -> dict[str, float]:
         """Cores busy since the last sample: machine, ours by component, and the rest."""
@@ -126,7 +155,11 @@ class Sampler(threading.Thread):
         out = {"machine": busy / dt}
         ours = 0.0
         for name, pid in {**self.pids(), "orchestrator": os.getpid()}.items():
-            total = _tree_cpu(pid)
+            if name == "orchestrator":  # itself only: its children are the other entries
+                t = psutil.Process(pid).cpu_times()
+                total = t.user + t.system
+            else:
+                total = _tree_cpu(pid)
             delta = max(total - self._cpu_prev.get(name, total), 0.0)
             self._cpu_prev[name] = total
             group = name.split("-")[0]

@@ -40,7 +40,7 @@ class Child:
 
     def __init__(self, name: str, cmd: list[str], env: dict[str, str], log_path: Path):
         self.name, self.log_path = name, log_path
-        self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self._log = open(log_path, "ab")  # closed in stop()
         self.popen = subprocess.Popen(cmd, env=env, stdout=self._log, stderr=subprocess.STDOUT,
                                       stdin=subprocess.DEVNULL, start_new_session=True)
         self.pid = self.popen.pid
@@ -98,14 +98,13 @@ class Servers:
         run_migrations(self.settings())
 
     def settings(self, **overrides: object) -> Settings:
-        return load_settings(database_url=self.pg.url, redis_url=self.redis.url,
-                             database_pool_size=2, database_external_pooler=False, **overrides)
+        return load_settings(database_url=self.pg.url, redis_url=self.redis.url, **overrides)
 
     def stop(self) -> None:
         for server in (self.redis, self.pg):
             try:
                 server.stop()
-            except Exception:  # noqa: BLE001 - keep stopping the other one
+            except Exception:  # keep stopping the other one
                 log.exception("could not stop %s", type(server).__name__)
 
     def connect(self, app: str = "sluice-loadtest") -> psycopg.Connection:

@@ -4,9 +4,11 @@ model, and the real `sluice webui` / `sluice worker` processes started by the te
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -51,17 +53,21 @@ class Servers:
 
 
 @pytest.fixture(scope="session")
-def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
-    root = tmp_path_factory.mktemp("servers")
+def servers() -> Iterator[Servers]:
+    # Not under /tmp/pytest-of-root: each new pytest session (as root) resets that
+    # folder to 0700, which would lock the unprivileged postgres user out of a
+    # server that another session is still using.
+    root = Path(tempfile.mkdtemp(prefix="sluice-test-"))
     pg = EmbeddedPostgres(root / "postgres")
     rd = EmbeddedRedis(root / "redis")
-    pg.start()
-    rd.start()
     try:
+        pg.start()
+        rd.start()
         yield Servers(pg, rd)
     finally:
         rd.stop()
         pg.stop()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

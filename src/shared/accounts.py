@@ -45,3 +45,15 @@ def revoke_key(session: Session, prefix: str) -> bool:
         return False
     key.revoked_at = datetime.now(UTC)
     return True
+
+
+def list_users(session: Session) -> list[User]:
+    return list(session.scalars(select(User).order_by(User.created_at)))
+
+
+def set_active(session: Session, email: str, active: bool) -> bool:
+    user = session.scalar(select(User).where(User.email == email.strip().lower()))
+    if user is None:
+        return False
+    user.is_active = active
+    return True

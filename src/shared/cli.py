@@ -1,4 +1,4 @@
-"""The `sluice` command: up, migrate, webui, worker, keys, reconcile."""
+"""The `sluice` command: up, migrate, webui, worker, keys, reconcile, doctor, capacity."""
 
 from __future__ import annotations
 
@@ -26,7 +26,8 @@ def _webui(settings: Settings, args: argparse.Namespace) -> int:
     uvicorn.run(
         "webui.app:create_app", factory=True, host=args.host or settings.host,
         port=args.port or settings.port, log_level=settings.log_level.lower(),
-        proxy_headers=True, timeout_graceful_shutdown=30,
+        # No proxy_headers: the trusted-proxy check must see the real peer address.
+        proxy_headers=False, timeout_graceful_shutdown=30,
     )
     return 0
 
@@ -65,6 +66,30 @@ def _keys(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _users(settings: Settings, args: argparse.Namespace) -> int:
+    from shared.accounts import ensure_user, list_users, set_active
+    from shared.db import create_worker_engine, sync_session_factory
+
+    engine = create_worker_engine(settings, "cli")
+    try:
+        with sync_session_factory(engine)() as session, session.begin():
+            if args.users_cmd == "create":
+                user = ensure_user(session, args.email, name=args.name or "", is_admin=args.admin)
+                print(f"{user.id}  {user.email}{'  (admin)' if user.is_admin else ''}")
+            elif args.users_cmd == "list":
+                for u in list_users(session):
+                    flags = ("admin " if u.is_admin else "") + ("" if u.is_active else "disabled")
+                    print(f"{u.id}  {u.email:30}  {u.name:20}  {flags}")
+            elif args.users_cmd in ("disable", "enable"):
+                if not set_active(session, args.email, args.users_cmd == "enable"):
+                    print(f"no user {args.email}", file=sys.stderr)
+                    return 1
+                print(f"{args.users_cmd}d {args.email}")
+    finally:
+        engine.dispose()
+    return 0
+
+
 def _reconcile(settings: Settings, _: argparse.Namespace) -> int:
     from shared.db import create_worker_engine, sync_session_factory
     from shared.queue import make_queue
@@ -85,6 +110,18 @@ def _up(_: Settings | None, args: argparse.Namespace) -> int:
     from shared.up import run_up
 
     return run_up(args)
+
+
+def _doctor(_: Settings | None, args: argparse.Namespace) -> int:
+    from shared.doctor_cli import main as doctor_main
+
+    return doctor_main(args)
+
+
+def _capacity(_: Settings | None, args: argparse.Namespace) -> int:
+    from shared.capacity_cli import main as capacity_main
+
+    return capacity_main(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -110,6 +147,17 @@ def build_parser() -> argparse.ArgumentParser:
                     help="processes sharing this machine's CPUs (sizes torch threads)")
     wk.set_defaults(func=_worker)
 
+    users = sub.add_parser("users", help="user accounts")
+    usub = users.add_subparsers(dest="users_cmd", required=True)
+    uc = usub.add_parser("create", help="create a user")
+    uc.add_argument("--email", required=True)
+    uc.add_argument("--name")
+    uc.add_argument("--admin", action="store_true")
+    usub.add_parser("list", help="list users")
+    for verb in ("disable", "enable"):
+        usub.add_parser(verb, help=f"{verb} a user (their keys stop or start working)").add_argument("email")
+    users.set_defaults(func=_users)
+
     keys = sub.add_parser("keys", help="API keys")
     ksub = keys.add_subparsers(dest="keys_cmd", required=True)
     kc = ksub.add_parser("create", help="create a key (and the user if new)")
@@ -125,6 +173,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("reconcile", help="re-enqueue files Redis lost (one pass)").set_defaults(
         func=_reconcile
     )
+
+    from shared.capacity_cli import add_arguments as capacity_args
+    from shared.doctor_cli import add_arguments as doctor_args
+
+    doc = sub.add_parser("doctor", help="check settings, servers and manifests against the budgets")
+    doctor_args(doc)
+    doc.set_defaults(func=_doctor, needs_settings=False)
+    cap = sub.add_parser("capacity", help="size workers, replicas, pools and server limits")
+    capacity_args(cap)
+    cap.set_defaults(func=_capacity, needs_settings=False)
     return p
 
 

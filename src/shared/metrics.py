@@ -10,6 +10,7 @@ does no work. Names follow Prometheus conventions: base units in the name
 
 from __future__ import annotations
 
+import inspect
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -18,7 +19,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from redis import BlockingConnectionPool, ConnectionPool, Redis
+from redis import BlockingConnectionPool, Redis
+from redis.asyncio import Redis as AsyncRedis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy import Engine, event
@@ -107,23 +109,36 @@ def instrument_db_pool(engine: Engine, wait: Histogram, timeouts: Counter) -> No
 
 
 class RedisPoolCollector(Collector):
-    """In-use and maximum connections of a process's Redis pool, at scrape time."""
+    """In-use and maximum connections of a process's Redis pools (label `pool`: sync, async)."""
 
-    def __init__(self, pool: ConnectionPool):
-        self._pool = pool
+    def __init__(self, pools: dict[str, Any]):
+        self._pools = pools
 
     def collect(self) -> Iterable[Metric]:
-        pool: Any = self._pool
-        maximum = int(pool.max_connections)
-        created = len(getattr(pool, "_connections", ()))
-        if isinstance(pool, BlockingConnectionPool):
-            # The queue holds idle connections plus None placeholders for unopened slots.
-            in_use = maximum - pool.pool.qsize()
-        else:
-            in_use = len(getattr(pool, "_in_use_connections", ()))
-        yield gauge("sluice_redis_pool_in_use", "Redis connections checked out of the pool.", in_use)
-        yield gauge("sluice_redis_pool_max", "REDIS_MAX_CONNECTIONS of this process.", maximum)
-        yield gauge("sluice_redis_pool_connections", "Redis connections the pool has opened.", created)
+        families = {
+            "in_use": GaugeMetricFamily("sluice_redis_pool_in_use",
+                                        "Redis connections checked out of the pool.", labels=["pool"]),
+            "max": GaugeMetricFamily("sluice_redis_pool_max",
+                                     "Most connections the pool may open (REDIS_MAX_CONNECTIONS for "
+                                     "the sync pool).", labels=["pool"]),
+            "open": GaugeMetricFamily("sluice_redis_pool_connections",
+                                      "Redis connections the pool has opened.", labels=["pool"]),
+        }
+        for name, pool in self._pools.items():
+            maximum = int(pool.max_connections)
+            if isinstance(pool, BlockingConnectionPool):
+                # The queue holds idle connections plus None placeholders for unopened slots.
+                in_use, opened = maximum - pool.pool.qsize(), len(pool._connections)
+            else:  # redis.asyncio pools (and the non-blocking sync pool) keep two collections
+                in_use = len(pool._in_use_connections)
+                opened = in_use + len(pool._available_connections)
+            families["in_use"].add_metric([name], in_use)
+            families["max"].add_metric([name], maximum)
+            families["open"].add_metric([name], opened)
+        yield from families.values()
+
+
+_WATCHED = (RedisConnectionError, RedisTimeoutError)
 
 
 def _count_error(errors: Counter, err: BaseException, default: str) -> None:
@@ -137,43 +152,42 @@ def _count_error(errors: Counter, err: BaseException, default: str) -> None:
         pass
 
 
-def instrument_redis_pool(pool: ConnectionPool, errors: Counter) -> None:
-    """Count connection errors and timeouts of this pool's connections.
+def instrument_redis_pool(pool: Any, errors: Counter) -> None:
+    """Count connection errors and timeouts of this pool's connections (sync or asyncio).
 
     Wherever the application catches a RedisError (enqueue, heartbeat, reconciler,
-    readiness), the error went through a pooled connection first, so counting it
-    here covers every call site. Kinds: `timeout` (socket timeout), `connection`
-    (refused, reset, closed), `pool_exhausted` (no free connection within
-    REDIS_POOL_TIMEOUT). Command errors (WRONGTYPE, …) are bugs, not counted.
+    readiness, events), the error went through a pooled connection first, so
+    counting it here covers every call site. Kinds: `timeout` (socket timeout),
+    `connection` (refused, reset, closed), `pool_exhausted` (no free connection
+    within REDIS_POOL_TIMEOUT). Command errors (WRONGTYPE, …) are bugs, not counted.
     """
     base: type[Any] = getattr(pool.connection_class, "_sluice_base", pool.connection_class)
-    watched = (RedisConnectionError, RedisTimeoutError)
 
-    def wrap(name: str) -> Callable[..., Any]:
-        method = getattr(base, name)
+    def wrap(method: Callable[..., Any], default: str) -> Callable[..., Any]:
+        if inspect.iscoroutinefunction(method):
+            async def counted_async(*args: Any, **kwargs: Any) -> Any:
+                try:
+                    return await method(*args, **kwargs)
+                except _WATCHED as err:
+                    _count_error(errors, err, default)
+                    raise
 
-        def counted(self: Any, *args: Any, **kwargs: Any) -> Any:
+            return counted_async
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
             try:
-                return method(self, *args, **kwargs)
-            except watched as err:
-                _count_error(errors, err, "connection")
+                return method(*args, **kwargs)
+            except _WATCHED as err:
+                _count_error(errors, err, default)
                 raise
 
         return counted
 
-    methods = {n: wrap(n) for n in ("connect", "send_packed_command", "read_response")}
+    methods = {n: wrap(getattr(base, n), "connection")
+               for n in ("connect", "send_packed_command", "read_response")}
     pool.connection_class = type(f"Counted{base.__name__}", (base,), {**methods, "_sluice_base": base})
-    get_connection = pool.get_connection
-
-    def counted_get_connection(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return get_connection(*args, **kwargs)
-        except watched as err:
-            # connect() errors were counted above; what is left is the pool's own wait.
-            _count_error(errors, err, "pool_exhausted")
-            raise
-
-    pool.get_connection = counted_get_connection  # type: ignore[method-assign]
+    # connect() errors are counted above; what get_connection() adds is the pool's own wait.
+    pool.get_connection = wrap(pool.get_connection, "pool_exhausted")
 
 
 # --- One process's resources ------------------------------------------------------
@@ -188,7 +202,7 @@ class ResourceMetrics:
 
     def __init__(
         self, registry: CollectorRegistry, *, engine: Engine, db_limit: int, redis: Redis,
-        extra: Iterable[Collector] = (),
+        aredis: AsyncRedis | None = None, extra: Iterable[Collector] = (),
     ):
         self._registry = registry
         wait = Histogram(
@@ -207,10 +221,13 @@ class ResourceMetrics:
         for kind in ("timeout", "connection", "pool_exhausted"):
             errors.labels(kind=kind)
         instrument_db_pool(engine, wait, timeouts)
-        instrument_redis_pool(redis.connection_pool, errors)
+        pools: dict[str, Any] = {"sync": redis.connection_pool}
+        if aredis is not None:
+            pools["async"] = aredis.connection_pool
+        for pool in pools.values():
+            instrument_redis_pool(pool, errors)
         self._collectors: list[Collector] = [
-            wait, timeouts, errors, DbPoolCollector(engine, db_limit),
-            RedisPoolCollector(redis.connection_pool), *extra,
+            wait, timeouts, errors, DbPoolCollector(engine, db_limit), RedisPoolCollector(pools), *extra,
         ]
         for collector in self._collectors:
             registry.register(collector)
@@ -239,6 +256,8 @@ class JobMetrics:
             "Time per pipeline stage of a processed file, and the whole job (total).",
             ["stage"], buckets=JOB_BUCKETS, registry=registry,
         )
+        for stage in STAGES:
+            self.stage_seconds.labels(stage=stage)
         self.queue_wait = Histogram(
             "sluice_queue_wait_seconds",
             "Time from a job's enqueue (upload, retry or re-enqueue) to its start.",

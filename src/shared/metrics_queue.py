@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from redis import Redis
+from redis.asyncio import Redis as AsyncRedis
 from redis.exceptions import RedisError
 from rq import Queue
 from rq.job import Job
@@ -84,12 +85,9 @@ def read_queue(redis: Redis, queue: Queue, stale_after_s: float) -> QueueSnapsho
     )
 
 
-def heartbeat_stale_after(settings: Settings) -> float:
+def heartbeat_stale_after(maintenance_s: int, monitoring_s: int, grace_s: int) -> float:
     """A worker beats at least every max(maintenance, monitoring) interval; allow the grace on top."""
-    return float(
-        max(settings.worker_maintenance_interval, settings.job_monitoring_interval)
-        + settings.worker_heartbeat_grace
-    )
+    return float(max(maintenance_s, monitoring_s) + grace_s)
 
 
 class QueueCollector(Collector):
@@ -124,10 +122,12 @@ class QueueCollector(Collector):
 
 def process_metrics(
     registry: CollectorRegistry, *, engine: Engine, db_limit: int, redis: Redis, queue: Queue,
-    settings: Settings,
+    settings: Settings, aredis: AsyncRedis | None = None,
 ) -> ResourceMetrics:
-    """DB pool, Redis pool and queue metrics of one process (webui or worker)."""
+    """DB pool, Redis pool(s) and queue metrics of one process (webui or worker)."""
     return ResourceMetrics(
-        registry, engine=engine, db_limit=db_limit, redis=redis,
-        extra=[QueueCollector(redis, queue, heartbeat_stale_after(settings))],
+        registry, engine=engine, db_limit=db_limit, redis=redis, aredis=aredis,
+        extra=[QueueCollector(redis, queue, heartbeat_stale_after(
+            settings.worker_maintenance_interval, settings.job_monitoring_interval,
+            settings.worker_heartbeat_grace))],
     )

@@ -27,7 +27,11 @@ def alembic_config() -> Config:
 
 
 def run_migrations(settings: Settings) -> None:
-    engine = create_worker_engine(settings.model_copy(update={"worker_db_pool_size": 1}), "cli")
+    # No statement timeout: waiting for another pod's migration (the advisory lock)
+    # or building an index may legitimately take longer than a request may.
+    engine = create_worker_engine(
+        settings.model_copy(update={"worker_db_pool_size": 1, "db_statement_timeout_ms": 0}), "cli"
+    )
     try:
         with engine.begin() as conn:
             conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _LOCK_ID})

@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 
 from redis import BlockingConnectionPool, Redis
+from redis.asyncio import BlockingConnectionPool as AsyncBlockingConnectionPool
+from redis.asyncio import Redis as AsyncRedis
 
 from shared.settings import Settings
 
@@ -34,3 +36,21 @@ def create_redis(settings: Settings, component: str) -> Redis:
         component, settings.redis_max_connections, settings.redis_pool_timeout,
     )
     return Redis(connection_pool=pool)
+
+
+def create_async_redis(settings: Settings, component: str) -> AsyncRedis:
+    """The webui's one async pool (pub/sub subscription + rate limits), bounded too."""
+    pool = AsyncBlockingConnectionPool.from_url(
+        settings.redis_url,
+        max_connections=settings.redis_async_max_connections,
+        timeout=settings.redis_pool_timeout,
+        socket_timeout=None,  # the subscription waits for messages indefinitely
+        socket_connect_timeout=5,
+        health_check_interval=30,
+        client_name=f"sluice-{component}-async",
+    )
+    log.info(
+        "redis.async_pool component=%s max_connections=%d",
+        component, settings.redis_async_max_connections,
+    )
+    return AsyncRedis(connection_pool=pool)

@@ -7,6 +7,7 @@ value fails at start with the variable's name; nothing falls back silently.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from functools import lru_cache
 from pathlib import Path
@@ -78,6 +79,18 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65_535)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    redis_async_max_connections: int = Field(default=10, ge=2, le=1_000)
+
+    # --- Accounts and abuse limits -----------------------------------------
+    # Behind OpenShift's oauth-proxy sidecar: trust its user header, but only
+    # when enabled and only from the proxy's own address (the sidecar).
+    trust_forwarded_user: bool = False
+    forwarded_user_header: str = "X-Forwarded-Email"
+    trusted_proxies: str = Field(default="127.0.0.1/32,::1/128", description="CIDRs, comma-separated")
+    rate_limit_per_minute: int = Field(default=600, ge=0, description="per user; 0 = off")
+    user_quota_mb: int = Field(default=5_120, ge=1, description="stored bytes per user")
+    uploads_in_flight_per_user: int = Field(default=4, ge=1, le=1_000)
+    upload_max_parts: int = Field(default=8, ge=1, le=1_000)
 
     # Benchmark-only: reload the model for every job, as the seed system did.
     # Used by loadtests to reproduce the old setup; never set in production.
@@ -92,12 +105,20 @@ class Settings(BaseSettings):
                 "replaces. Set DATABASE_POOL_SIZE>0, or set DATABASE_EXTERNAL_POOLER=true "
                 "if PgBouncer (or another pooler) is in front of Postgres."
             )
+        try:
+            self.trusted_proxy_networks  # noqa: B018  (validates the CIDRs)
+        except ValueError as err:
+            raise ValueError(f"TRUSTED_PROXIES: {err}") from None
         if self.chunk_overlap >= self.chunk_size:
             raise ValueError(
                 f"CHUNK_OVERLAP ({self.chunk_overlap}) must be smaller than "
                 f"CHUNK_SIZE ({self.chunk_size})"
             )
         return self
+
+    @property
+    def trusted_proxy_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        return [ipaddress.ip_network(c.strip()) for c in self.trusted_proxies.split(",") if c.strip()]
 
     @property
     def max_upload_bytes(self) -> int:

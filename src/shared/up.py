@@ -128,8 +128,12 @@ def run_up(args: argparse.Namespace) -> int:
         stack.callback(_stop, procs)
         url = f"http://127.0.0.1:{args.port}"
         procs.append(_spawn(["webui", "--host", "127.0.0.1", "--port", str(args.port)], env))
-        for _ in range(args.workers):
-            procs.append(_spawn(["worker", "--share-cpus", str(args.workers)], env))
+        metrics_port = int(env.get("WORKER_METRICS_PORT", "9100"))
+        for i in range(args.workers):
+            # Each worker serves /metrics on its own port (9100, 9101, …) on loopback; 0 = off.
+            port = {"WORKER_METRICS_PORT": str(metrics_port + i if metrics_port else 0),
+                    "WORKER_METRICS_HOST": env.get("WORKER_METRICS_HOST", "127.0.0.1")}
+            procs.append(_spawn(["worker", "--share-cpus", str(args.workers)], {**env, **port}))
         _wait_ready(url, procs)
         print(
             f"\nSluice is running at {url}  (API docs: {url}/docs)\n"

@@ -17,11 +17,11 @@ from shared.db import async_session_factory, create_webui_engine, pool_limit
 from shared.embedding import Embedder, model_path
 from shared.metrics_queue import process_metrics
 from shared.queue import make_queue
-from shared.redis_pool import create_redis
+from shared.redis_pool import create_async_redis, create_redis
 from shared.settings import Settings, get_settings
 from webui.errors import install_error_handlers
 from webui.events import EventHub
-from webui.routes import events, files, health, me, page, search
+from webui.routes import admin, events, files, health, me, page, search
 from webui.state import AppState
 
 log = logging.getLogger("sluice.webui")
@@ -39,16 +39,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         embedder = await run_in_threadpool(Embedder, model_path(settings), threads=1)
         await run_in_threadpool(embedder.warm_up)
         settings.upload_dir.mkdir(parents=True, exist_ok=True)
-        hub = EventHub(settings.redis_url)
+        aredis = create_async_redis(settings, "webui")
+        hub = EventHub(aredis)
         await hub.start()
         app.state.sluice = AppState(
             settings=settings, engine=engine, session_factory=async_session_factory(engine),
-            redis=redis, queue=make_queue(redis, settings), embedder=embedder,
+            redis=redis, aredis=aredis, queue=make_queue(redis, settings), embedder=embedder,
             encode_limiter=anyio.CapacityLimiter(1), events=hub,
         )
         metrics = process_metrics(
             registry, engine=engine.sync_engine, db_limit=pool_limit(settings, "webui"),
-            redis=redis, queue=app.state.sluice.queue, settings=settings,
+            redis=redis, aredis=aredis, queue=app.state.sluice.queue, settings=settings,
         )
         log.info("webui.ready model=%s model_load=%.2fs", embedder.name, embedder.load_seconds)
         try:
@@ -56,6 +57,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             metrics.close()
             await hub.stop()
+            await aredis.aclose()
+            await aredis.connection_pool.disconnect()  # a pool passed in is not closed by aclose()
             await engine.dispose()
             redis.close()
             redis.connection_pool.disconnect()
@@ -70,6 +73,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(search.router, prefix=api)
     app.include_router(events.router, prefix=api)
     app.include_router(me.router, prefix=api)
+    app.include_router(admin.router, prefix=api)
     app.include_router(page.router)
     app.include_router(health.router)
     Instrumentator(registry=registry).instrument(app).expose(

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import ipaddress
+import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import Depends, Request
 from sqlalchemy import select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.models import ApiKey, User
 from shared.security import key_matches, split_prefix
 from webui.errors import ApiError
+from webui.limits import check_rate
 from webui.state import AppState
 
 _LAST_USED_RESOLUTION = timedelta(minutes=1)
@@ -48,18 +52,8 @@ def _unauthorized(detail: str) -> ApiError:
     return ApiError(401, "unauthorized", detail, {"WWW-Authenticate": "Bearer"})
 
 
-async def get_current_user(request: Request, state: StateDep) -> User:
-    """The caller, from `Authorization: Bearer <key>`.
-
-    Uses its own short session, closed before the route runs: an upload that
-    streams for minutes, or an event stream that stays open for hours, must not
-    hold a pooled database connection while it does.
-    """
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token:
-        raise _unauthorized("send an API key as 'Authorization: Bearer <key>'")
-    prefix = split_prefix(token.strip())
+async def _user_from_key(state: AppState, token: str) -> User:
+    prefix = split_prefix(token)
     if prefix is None:
         raise _unauthorized("the API key is malformed")
     now = datetime.now(UTC)
@@ -70,22 +64,78 @@ async def get_current_user(request: Request, state: StateDep) -> User:
                 .where(ApiKey.prefix == prefix)
             )
         ).first()
-        if row is None or not key_matches(token.strip(), row.ApiKey.key_hash):
+        if row is None or not key_matches(token, row.ApiKey.key_hash):
             raise _unauthorized("the API key is not valid")
         key: ApiKey = row.ApiKey
         user: User = row.User
         if key.revoked_at is not None or (key.expires_at is not None and key.expires_at <= now):
             raise _unauthorized("the API key has been revoked or has expired")
-        if not user.is_active:
-            raise _unauthorized("this account is disabled")
         if key.last_used_at is None or now - key.last_used_at > _LAST_USED_RESOLUTION:
             await session.execute(update(ApiKey).where(ApiKey.id == key.id).values(last_used_at=now))
             await session.commit()
     return user
 
 
+def _forwarded_email(request: Request, state: AppState) -> str | None:
+    """The oauth-proxy's user header, only if enabled and sent by the proxy itself."""
+    settings = state.settings
+    if not settings.trust_forwarded_user:
+        return None  # a forged header is simply ignored
+    value = request.headers.get(settings.forwarded_user_header, "").strip().lower()
+    peer = request.client.host if request.client else ""
+    try:
+        address = ipaddress.ip_address(peer)
+    except ValueError:
+        return None
+    if not value or not any(address in net for net in settings.trusted_proxy_networks):
+        return None
+    return value
+
+
+async def _user_from_proxy(state: AppState, email: str) -> User:
+    """The user the proxy vouches for, created on first sight."""
+    async with state.session_factory() as session:
+        await session.execute(
+            pg_insert(User).values(id=uuid.uuid4(), email=email, name=email.split("@")[0])
+            .on_conflict_do_nothing(index_elements=[User.email])
+        )
+        user: User | None = await session.scalar(select(User).where(User.email == email))
+        await session.commit()
+    if user is None:  # pragma: no cover - the insert above guarantees a row
+        raise _unauthorized("could not resolve the forwarded user")
+    return user
+
+
+async def get_current_user(request: Request, state: StateDep) -> User:
+    """The caller: `Authorization: Bearer <key>`, or the trusted proxy's user header.
+
+    Uses its own short session, closed before the route runs: an upload that
+    streams for minutes, or an event stream that stays open for hours, must not
+    hold a pooled database connection while it does. The per-user rate limit is
+    checked here, before any other work.
+    """
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        user = await _user_from_key(state, token.strip())
+    elif (email := _forwarded_email(request, state)) is not None:
+        user = await _user_from_proxy(state, email)
+    else:
+        raise _unauthorized("send an API key as 'Authorization: Bearer <key>'")
+    if not user.is_active:
+        raise _unauthorized("this account is disabled")
+    await check_rate(state.aredis, user.id, state.settings.rate_limit_per_minute)
+    return user
+
+
 CurrentUser = Annotated[User, Depends(get_current_user)]
 
 
-def as_dict(obj: Any) -> dict[str, Any]:
-    return {c.key: getattr(obj, c.key) for c in obj.__table__.columns}
+async def get_admin(user: CurrentUser) -> User:
+    if not user.is_admin:
+        # Not 403-with-details: the admin API simply does not exist for others.
+        raise ApiError(404, "not_found", "not found")
+    return user
+
+
+AdminUser = Annotated[User, Depends(get_admin)]

@@ -72,7 +72,10 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(DBAPIError)
     async def _db_error(request: Request, err: DBAPIError) -> JSONResponse:
-        if err.connection_invalidated:
+        # 08xxx connection failures and 57P0x (shutting down, starting up) reach us from
+        # asyncpg as plain DBAPIError, e.g. while Postgres restarts.
+        sqlstate = str(getattr(err.orig, "sqlstate", None) or "")
+        if err.connection_invalidated or sqlstate.startswith(("08", "57P")):
             return _unavailable("the database connection was lost; try again shortly")
         raise err
 

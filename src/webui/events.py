@@ -38,12 +38,9 @@ class Subscriber:
 
 
 class EventHub:
-    def __init__(self, redis_url: str) -> None:
-        # Its own tiny pool: the subscription pins one connection for life.
-        self._redis = AsyncRedis.from_url(
-            redis_url, max_connections=2, socket_connect_timeout=5, health_check_interval=30,
-            client_name="sluice-webui-events",
-        )
+    def __init__(self, redis: AsyncRedis) -> None:
+        # The subscription pins one connection of the process's async pool for life.
+        self._redis = redis
         self.epoch = secrets.token_hex(4)
         self._seq = 0
         self._buffer: deque[tuple[int, str, str]] = deque(maxlen=_BUFFER)
@@ -63,7 +60,6 @@ class EventHub:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        await self._redis.aclose()
 
     def subscribe(self, user_id: str) -> Subscriber:
         sub = Subscriber(user_id)

@@ -7,6 +7,7 @@ from typing import Any
 
 import anyio
 from redis import Redis
+from redis.asyncio import Redis as AsyncRedis
 from rq import Queue
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
@@ -21,6 +22,7 @@ class AppState:
     engine: AsyncEngine
     session_factory: async_sessionmaker[Any]
     redis: Redis  # the one sync pool: RQ enqueues (run in threads) and health checks
+    aredis: AsyncRedis  # the one async pool: event subscription and per-user limits
     queue: Queue
     embedder: Embedder
     # Queries are encoded one at a time with one torch thread: the webui's CPU

@@ -24,7 +24,6 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from shared.storage import incoming_dir
 from webui.errors import ApiError
 
-MAX_PARTS = 8  # one file plus a few small fields; more is abuse, not a use case
 MAX_FIELD_BYTES = 64 * 1024
 _FLUSH_BYTES = 1024 * 1024
 # Bidi overrides/isolates and other invisible formatting characters can make a
@@ -65,7 +64,11 @@ class _State:
     pending: bytearray = field(default_factory=bytearray)
 
 
-async def receive_upload(request: Request, upload_dir: Path, max_bytes: int) -> ReceivedUpload:
+async def receive_upload(
+    request: Request, upload_dir: Path, max_bytes: int, max_parts: int = 8
+) -> ReceivedUpload:
+    """Stream one upload to a temp file. `max_parts`: one file plus a few small fields;
+    more is abuse, not a use case."""
     content_type, params = parse_options_header(request.headers.get("content-type"))
     boundary = params.get(b"boundary")
     if content_type != b"multipart/form-data" or not boundary:
@@ -98,8 +101,8 @@ async def receive_upload(request: Request, upload_dir: Path, max_bytes: int) -> 
     def on_part_begin() -> None:
         state.parts += 1
         state.headers.clear()
-        if state.parts > MAX_PARTS:
-            raise ApiError(400, "too_many_parts", f"at most {MAX_PARTS} form parts are accepted")
+        if state.parts > max_parts:
+            raise ApiError(400, "too_many_parts", f"at most {max_parts} form parts are accepted")
 
     def on_headers_finished() -> None:
         _, disp = parse_options_header(state.headers.get("content-disposition", b""))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 
 from redis.exceptions import RedisError
 from rq import SimpleWorker
@@ -47,13 +48,34 @@ class SluiceWorker(SimpleWorker):
         return int(self.job_monitoring_interval) + self.heartbeat_grace
 
     @property
-    def _dequeue_timeout_disabled(self) -> int:
+    def dequeue_timeout(self) -> int:
         # RQ blocks an idle worker in BLMOVE for worker_ttl - 15 s (405 s) and runs
         # maintenance only between dequeues: an idle worker would find a dead worker's
         # abandoned job minutes late. Wake up at least every maintenance interval.
         return max(1, min(super().dequeue_timeout, int(self.maintenance_interval)))
 
     def execute_job(self, job: Job, queue: Queue) -> None:
+        try:
+            self._execute_job(job, queue)
+        except RedisError as err:
+            # RQ's bookkeeping around the job hit a Redis outage; RQ would end the work
+            # loop and the process. Wait for Redis instead. The job stays "started" in
+            # RQ, so once its heartbeat expires it is retried as abandoned (ingest is
+            # idempotent); Postgres already holds what the attempt did.
+            log.warning("worker.redis_lost_during_job job_id=%s error=%s", job.id, err)
+            self._wait_for_redis()
+
+    def _wait_for_redis(self) -> None:
+        delay = 0.5
+        while not self._stop_requested:
+            try:
+                self.connection.ping()
+                return
+            except RedisError:
+                time.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+    def _execute_job(self, job: Job, queue: Queue) -> None:
         stop = threading.Event()
         execution = self.prepare_execution(job)
         beat = threading.Thread(

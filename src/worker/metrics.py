@@ -98,6 +98,12 @@ class WorkerMetrics:
             started, self.running_since = self.running_since, None
             took = time.monotonic() - started if started is not None else 0.0
             self._busy_done += took
+        try:
+            self._record(job, ok, took)
+        except Exception:  # metrics must never stop the worker's loop
+            log.exception("worker.metrics_failed job_id=%s", job.id)
+
+    def _record(self, job: Job, ok: bool, took: float) -> None:
         outcome = job_outcome(job, ok)
         self.jobs.jobs.labels(outcome=outcome).inc()
         if outcome == "skipped":

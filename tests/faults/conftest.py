@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import signal
+import tempfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -87,10 +89,20 @@ class FaultStack:
     def live_workers(self) -> list[Proc]:
         return [p for p in self.procs if p.popen.poll() is None and p.popen.args[-1] == "worker"]
 
-    def kill(self, proc: Proc, sig: int = signal.SIGKILL, timeout: float = 30) -> int:
-        """Send `sig` to the process (only its PID, as `kill -9 <pid>` would) and reap it."""
-        self._remember_children(proc)
+    def kill(
+        self, proc: Proc, sig: int = signal.SIGKILL, timeout: float = 30, tree: bool = False
+    ) -> int:
+        """Send `sig` to the process and reap it: only its PID (as `kill -9 <pid>` would),
+        or with `tree` to its children too (as when its pod dies)."""
+        try:
+            children = psutil.Process(proc.pid).children(recursive=True)
+        except psutil.Error:
+            children = []
+        self._leftovers += children
         proc.popen.send_signal(sig)
+        for child in children if tree else []:
+            with contextlib.suppress(psutil.Error):
+                child.send_signal(sig)
         return proc.popen.wait(timeout)
 
     def _remember_children(self, proc: Proc) -> None:
@@ -106,8 +118,6 @@ class FaultStack:
                     child.kill()
         self.rc.close()
         self.db.dispose()
-        self.redis.stop()
-        self.postgres.stop()
 
     # --- API ---------------------------------------------------------------
     def user(self, label: str = "fault") -> ApiUser:
@@ -203,25 +213,31 @@ def long_text(chunks: int, label: str = "doc") -> bytes:
 def fault_stack(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[FaultStack]:
-    root = tmp_path_factory.mktemp("fault")
+    root = tmp_path_factory.mktemp("fault")  # logs and uploads, kept for a look afterwards
     (root / "logs").mkdir()
-    pg = EmbeddedPostgres(root / "postgres")
-    rd = EmbeddedRedis(root / "redis")
-    pg.start()
-    rd.start()
-    env = {
-        **TEST_ENV,
-        **getattr(request.module, "FAULT_ENV", {}),
-        "DATABASE_URL": pg.url,
-        "REDIS_URL": rd.url,
-        "UPLOAD_DIR": str(root / "uploads"),
-    }
-    settings = load_settings(**{k.lower(): v for k, v in env.items() if k != "HF_HUB_OFFLINE"})
-    run_migrations(settings)
-    db = create_worker_engine(settings.model_copy(update={"worker_db_pool_size": 3}), "cli")
-    stack = FaultStack(root, pg, rd, env, settings, db, Redis.from_url(rd.url))
-    try:
+    # Server data outside /tmp/pytest-of-<user>: every pytest session that starts (other
+    # people's, on a shared machine) resets that folder to 0700, and the Postgres system
+    # user could then not reach its data folder when a test restarts it.
+    data = Path(tempfile.mkdtemp(prefix="sluice-faults-"))
+    pg = EmbeddedPostgres(data / "postgres")
+    rd = EmbeddedRedis(data / "redis")
+    with contextlib.ExitStack() as cleanup:
+        cleanup.callback(shutil.rmtree, data, ignore_errors=True)
+        cleanup.callback(pg.stop)
+        cleanup.callback(rd.stop)
+        pg.start()
+        rd.start()
+        env = {
+            **TEST_ENV,
+            "RATE_LIMIT_PER_MINUTE": "0",  # these tests hammer the API as one user
+            **getattr(request.module, "FAULT_ENV", {}),
+            "DATABASE_URL": pg.url,
+            "REDIS_URL": rd.url,
+            "UPLOAD_DIR": str(root / "uploads"),
+        }
+        settings = load_settings(**{k.lower(): v for k, v in env.items() if k != "HF_HUB_OFFLINE"})
+        run_migrations(settings)
+        db = create_worker_engine(settings.model_copy(update={"worker_db_pool_size": 3}), "cli")
+        stack = FaultStack(root, pg, rd, env, settings, db, Redis.from_url(rd.url))
+        cleanup.callback(stack.close)
         yield stack
-    finally:
-        stack.close()
-

@@ -115,12 +115,18 @@ def test_server_refusal_is_shown_readably(page: Page, stack: Stack, user: ApiUse
     row = page.locator("#upload-list li", has_text="empty.txt")
     expect(row).to_contain_text("the file is empty")
     expect(row).not_to_contain_text("{")
-    bad = tmp_path / "fake.pdf"
-    bad.write_bytes(b"MZ\x90\x00 not really a pdf " + uuid.uuid4().bytes)
-    page.locator("#file-input").set_input_files(str(bad))
+    fake = tmp_path / "fake.pdf"
+    fake.write_bytes(b"MZ\x90\x00 not really a pdf " + uuid.uuid4().bytes)
+    page.locator("#file-input").set_input_files(str(fake))
     row = page.locator("#upload-list li", has_text="fake.pdf")
-    expect(row.locator(".state")).to_have_text("Failed", timeout=60_000)
+    expect(row.locator(".state")).to_have_text("Not uploaded")
     expect(row).to_contain_text("not a PDF")
+    scan = tmp_path / "scan.pdf"
+    scan.write_bytes(make_pdf([[]]) + f"%{uuid.uuid4()}".encode())
+    page.locator("#file-input").set_input_files(str(scan))
+    row = page.locator("#upload-list li", has_text="scan.pdf")
+    expect(row.locator(".state")).to_have_text("Failed", timeout=60_000)
+    expect(row).to_contain_text("text")
     expect(row.get_by_role("button", name="Retry")).to_be_visible()
     shot(page, "08-failed-with-reason")
 

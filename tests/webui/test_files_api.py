@@ -10,6 +10,7 @@ from sqlalchemy import Engine, text
 
 from conftest import Stack, make_user
 from helpers import upload, wait_for_status
+from samples import make_pdf
 from shared.settings import Settings
 
 
@@ -127,12 +128,22 @@ def test_retry_only_for_failed_files(client: httpx.Client) -> None:
     assert r.status_code == 409 and "only failed" in r.json()["detail"]
 
 
-def test_rejected_document_fails_with_reason_and_can_be_retried(client: httpx.Client) -> None:
-    r = upload(client, "fake.pdf", b"MZ\x90\x00" + uuid.uuid4().bytes * 64)
+def test_a_name_that_lies_about_the_type_is_refused_at_upload(
+    client: httpx.Client, settings: Settings
+) -> None:
+    before = _stored_files(settings)
+    r = upload(client, "invoice.pdf", b"MZ\x90\x00" + uuid.uuid4().bytes * 64)
+    assert r.status_code == 415
+    assert "not a PDF" in r.json()["detail"]
+    assert _stored_files(settings) == before
+
+
+def test_document_without_text_fails_with_reason_and_can_be_retried(client: httpx.Client) -> None:
+    r = upload(client, "scan.pdf", make_pdf([[], []]) + f"%{uuid.uuid4()}\n".encode())
     assert r.status_code == 202
     body = wait_for_status(client, r.json()["id"])
     assert body["status"] == "failed"
-    assert body["error"] and "pdf" in body["error"].lower()
+    assert "no extractable text" in body["error"].lower() or "no text" in body["error"].lower()
     assert body["attempts"] == 1  # a permanent problem is not retried pointlessly
     r = client.post(f"/api/v1/files/{body['id']}/retry")
     assert r.status_code == 202 and r.json()["status"] == "queued"

@@ -10,7 +10,7 @@ import httpx
 from redis import Redis
 from sqlalchemy import Engine, text
 
-from conftest import ApiUser, Stack
+from conftest import ApiUser, Stack, make_user
 from helpers import upload, wait_for_status, wait_until
 from shared.models import File
 from shared.queue import enqueue_ingest, make_queue
@@ -137,10 +137,20 @@ def test_permanent_failure_ends_failed_after_max_retries(
     elapsed = time.monotonic() - t0
     assert body["attempts"] == settings.job_max_retries + 1
     assert "StoredBytesMissing" in body["error"] and "retrying" not in body["error"]
-    # each retry waited JOB_RETRY_DELAY
-    assert elapsed >= settings.job_max_retries * settings.job_retry_delay
+    # each retry waited JOB_RETRY_DELAY (RQ schedules in whole seconds: up to 1 s less)
+    assert elapsed >= settings.job_max_retries * (settings.job_retry_delay - 1)
+
+    # Only its owner may retry it; attempts start over and it fails the same way again.
+    other_key = make_user(db_engine, "other").key
+    with httpx.Client(base_url=str(client.base_url), timeout=30,
+                      headers={"Authorization": f"Bearer {other_key}"}) as other:
+        assert other.post(f"/api/v1/files/{fid}/retry").status_code == 404
     r = client.post(f"/api/v1/files/{fid}/retry")
     assert r.status_code == 202
+    assert (r.json()["status"], r.json()["attempts"], r.json()["error"]) == ("queued", 0, None)
+    again = wait_for_status(client, fid, {"failed"}, timeout=90)
+    assert again["attempts"] == settings.job_max_retries + 1
+    assert again["error"] == body["error"]
 
 
 def test_redis_flushed_while_queued_is_reconciled(

@@ -19,9 +19,12 @@ from shared.queue import enqueue_ingest
 from shared.storage import new_storage_key, remove_stored, stored_path
 from webui.deps import CurrentUser, SessionDep, StateDep
 from webui.errors import ApiError, not_found
+from webui.limits import upload_slot
 from webui.schemas import FileList, FileRead, Status
 from webui.state import AppState
 from webui.uploads import discard, move_into_place, receive_upload
+from worker.pipeline.detect import detect_type
+from worker.pipeline.errors import DocumentRejected
 
 log = logging.getLogger("sluice.webui")
 router = APIRouter(prefix="/files", tags=["files"])
@@ -60,21 +63,35 @@ async def upload_file(
 ) -> Response | File:
     """Upload one file (multipart field `file`). 202: queued for processing."""
     settings = state.settings
-    received = await receive_upload(request, settings.upload_dir, settings.max_upload_bytes)
     owner_id = user.id
+    quota = settings.user_quota_mb * 1024 * 1024
+    if await _stored_bytes(session, owner_id) >= quota:
+        raise _over_quota(settings.user_quota_mb)
+    async with upload_slot(state.aredis, owner_id, settings.uploads_in_flight_per_user):
+        received = await receive_upload(
+            request, settings.upload_dir, settings.max_upload_bytes, settings.upload_max_parts
+        )
+    try:
+        kind = await run_in_threadpool(detect_type, received.temp_path, received.filename)
+    except DocumentRejected as err:
+        await discard(received.temp_path)
+        raise ApiError(415, "unsupported_type", str(err)) from None
     existing = await session.scalar(
         select(File).where(File.owner_id == owner_id, File.sha256 == received.sha256)
     )
     if existing is not None:
         await discard(received.temp_path)
         return _existing(existing)
+    if await _stored_bytes(session, owner_id) + received.size > quota:
+        await discard(received.temp_path)
+        raise _over_quota(settings.user_quota_mb)
     storage_key = new_storage_key()
     final_path = stored_path(settings.upload_dir, storage_key)
     await move_into_place(received.temp_path, final_path)
     file = File(
         owner_id=owner_id, filename=received.filename, declared_type=received.declared_type,
         size_bytes=received.size, sha256=received.sha256, storage_key=storage_key,
-        status=FileStatus.queued.value,
+        status=FileStatus.queued.value, kind=kind,
     )
     session.add(file)
     try:
@@ -96,6 +113,21 @@ async def upload_file(
     await _enqueue(state, file.id)
     log.info("file.uploaded file_id=%s size=%d", file.id, file.size_bytes)
     return file
+
+
+async def _stored_bytes(session: SessionDep, owner_id: uuid.UUID) -> int:
+    total = await session.scalar(
+        select(func.coalesce(func.sum(File.size_bytes), 0)).where(File.owner_id == owner_id)
+    )
+    return int(total or 0)
+
+
+def _over_quota(quota_mb: int) -> ApiError:
+    # 413, not 429: waiting does not help, deleting files does.
+    return ApiError(
+        413, "quota_exceeded",
+        f"this upload would take you past your {quota_mb} MB storage quota; delete some files first",
+    )
 
 
 def _existing(file: File) -> JSONResponse:
@@ -133,6 +165,9 @@ async def get_content(
     """The original bytes, as an attachment (RFC 6266 `filename*` for any name)."""
     file = await _own_file(session, user.id, file_id)
     path = stored_path(state.settings.upload_dir, file.storage_key)
+    # The session closes only after the response is sent: end its transaction now, so
+    # a slow download does not hold a pooled connection.
+    await session.commit()
     return FileResponse(
         path, media_type=_MEDIA_TYPES.get(file.kind or "", "application/octet-stream"),
         filename=file.filename, content_disposition_type="attachment",

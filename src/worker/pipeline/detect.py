@@ -13,6 +13,7 @@ the file.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import json
 import re
@@ -33,7 +34,7 @@ SNIFF_CHARS = 8 * 1024
 """csv.Sniffer is quadratic on hostile input (~30 s for 64 KB); keep it small."""
 
 BINARY_PROBE_BYTES = 8 * 1024
-"""A NUL byte within this prefix (and no UTF-16/32 BOM) means binary."""
+"""A NUL byte within this prefix (and no UTF-16/32 BOM, nor BOM-less UTF-16) means binary."""
 
 BOMS: tuple[tuple[bytes, str], ...] = (
     # Order matters: the UTF-32-LE BOM starts with the UTF-16-LE one.  These
@@ -44,6 +45,23 @@ BOMS: tuple[tuple[bytes, str], ...] = (
     (b"\xff\xfe", "utf-16"),
     (b"\xfe\xff", "utf-16"),
 )
+
+MIXED_PROBE_BYTES = 1024 * 1024
+"""How much of a non-UTF-8 file decides between "mixed UTF-8" and a legacy encoding."""
+_CP1252_FALLBACK = "sluice-cp1252-fallback"
+_UTF8_MULTIBYTE = re.compile(
+    rb"[\xc2-\xdf][\x80-\xbf]|\xe0[\xa0-\xbf][\x80-\xbf]|[\xe1-\xec\xee\xef][\x80-\xbf]{2}"
+    rb"|\xed[\x80-\x9f][\x80-\xbf]|\xf0[\x90-\xbf][\x80-\xbf]{2}|[\xf1-\xf3][\x80-\xbf]{3}"
+    rb"|\xf4[\x80-\x8f][\x80-\xbf]{2}"
+)
+
+
+def _cp1252_fallback(exc: UnicodeError) -> tuple[str, int]:
+    assert isinstance(exc, UnicodeDecodeError)
+    return exc.object[exc.start : exc.end].decode("cp1252", errors="replace"), exc.end
+
+
+codecs.register_error(_CP1252_FALLBACK, _cp1252_fallback)
 
 # Friendly names for binary formats users commonly upload by mistake.  puremagic
 # knows far more, but its first guess for short signatures can be obscure.
@@ -134,22 +152,25 @@ def _zip_kind(path: Path) -> str:
         ) from None
     if "word/document.xml" in names:
         return "docx"
+    # Only the central directory was read: nothing of a non-Word ZIP is ever
+    # decompressed, so a bomb dressed as .xlsx/.pptx costs nothing here.  Say
+    # plainly which format it is, since users upload these expecting them to work.
     if "xl/workbook.xml" in names:
-        what = "an Excel workbook"
-    elif "ppt/presentation.xml" in names:
-        what = "a PowerPoint presentation"
-    elif "mimetype" in names and "content.xml" in names:
-        what = "an OpenDocument file; save it as .docx"
-    elif "META-INF/container.xml" in names:
-        what = "an EPUB e-book"
-    else:
-        what = "a ZIP archive"
-    raise DocumentRejected(f"unsupported file type: looks like {what}")
+        raise DocumentRejected("Excel workbooks (.xlsx) are not supported; save the sheet as CSV")
+    if "ppt/presentation.xml" in names:
+        raise DocumentRejected("PowerPoint presentations (.pptx) are not supported; save it as PDF")
+    if "mimetype" in names and "content.xml" in names:
+        raise DocumentRejected("OpenDocument files are not supported; save it as .docx or PDF")
+    if "META-INF/container.xml" in names:
+        raise DocumentRejected("EPUB e-books are not supported")
+    raise DocumentRejected("unsupported file type: looks like a ZIP archive")
 
 
 def _looks_textual(head: bytes) -> bool:
     """Text if it carries a Unicode BOM, or has no NUL and a plausible encoding."""
     if any(head.startswith(bom) for bom, _ in BOMS):
+        return True
+    if _utf16_without_bom(head):
         return True
     # Real binaries have NULs in their headers; matching magic alone would
     # misfile text that merely starts with "BM" or "MZ".  RTF is the textual
@@ -185,8 +206,41 @@ def _describe_binary(head: bytes) -> str:
     return f"looks like {label}" if label else "unrecognised binary file"
 
 
+def _utf16_without_bom(data: bytes) -> str | None:
+    """``"utf-16-le"``/``"utf-16-be"`` for UTF-16 text written without a BOM.
+
+    Windows tools (PowerShell 5 ``>``, some exports) write BOM-less UTF-16.
+    Its NUL high bytes made it look binary ("unrecognised binary file").
+    Mostly-Latin UTF-16 has NULs in about every other byte, all at one parity;
+    binaries have NULs at both (and rarely decode to printable text).
+    """
+    sample = data[:BINARY_PROBE_BYTES]
+    sample = sample[: len(sample) // 2 * 2]
+    half = len(sample) // 2
+    if half < 2 or b"\x00" not in sample:
+        return None
+    even, odd = sample[0::2].count(0), sample[1::2].count(0)
+    if odd >= 0.3 * half and even <= 0.02 * half:
+        codec = "utf-16-le"
+    elif even >= 0.3 * half and odd <= 0.02 * half:
+        codec = "utf-16-be"
+    else:
+        return None
+    try:
+        text = sample.decode(codec)
+    except UnicodeDecodeError as exc:
+        if exc.start < len(sample) - 2:  # not merely a surrogate pair cut by the probe
+            return None
+        text = sample[: exc.start].decode(codec)
+    if "\x00" in text:
+        return None
+    printable = sum(ch.isprintable() or ch in "\t\n\r\f" for ch in text)
+    return codec if printable >= 0.95 * len(text) else None
+
+
 def decode_text(data: bytes, *, truncated: bool = False) -> str:
-    """Decode bytes of unknown encoding: BOM, then UTF-8, then charset-normalizer.
+    """Decode bytes of unknown encoding: BOM, BOM-less UTF-16, UTF-8 (tolerating
+    stray cp1252 bytes in otherwise UTF-8 text), then charset-normalizer.
 
     ``truncated`` means ``data`` is a prefix, so a multi-byte UTF-8 character
     cut at the end is not evidence against UTF-8.  Never raises.
@@ -194,12 +248,30 @@ def decode_text(data: bytes, *, truncated: bool = False) -> str:
     for bom, codec in BOMS:
         if data.startswith(bom):
             return data.decode(codec, errors="replace")
+    # Before UTF-8: ASCII-range UTF-16 is valid UTF-8 (with NULs between letters).
+    utf16 = _utf16_without_bom(data)
+    if utf16:
+        return data.decode(utf16, errors="replace")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         if truncated and exc.start >= len(data) - 3:
             return data[: exc.start].decode("utf-8", errors="replace")
+    if _mostly_utf8(data[:MIXED_PROBE_BYTES]):
+        return data.decode("utf-8", errors=_CP1252_FALLBACK)
     return _decode_legacy(data)
+
+
+def _mostly_utf8(data: bytes) -> bool:
+    """UTF-8 with some legacy (cp1252/Latin-1) bytes mixed in, e.g. a UTF-8 log
+    with lines appended by an old tool.  Decoding the whole file as cp1252
+    would garble every UTF-8 character, so when at least half of the non-ASCII
+    bytes form valid UTF-8 sequences, decode as UTF-8 and only the stray
+    bytes as cp1252.  Legacy-encoded files (Latin-1, Shift-JIS) rarely form
+    valid UTF-8 sequences and keep going to charset-normalizer."""
+    valid = sum(len(m) for m in _UTF8_MULTIBYTE.findall(data))
+    high = len(data) - len(data.translate(None, bytes(range(0x80, 0x100))))
+    return valid > 0 and valid >= high - valid
 
 
 def _decode_legacy(data: bytes) -> str:

@@ -221,6 +221,11 @@ def _child_main(
             message = ("limit", "memory")
         except DocumentRejected as exc:
             message = ("rejected", exc.reason)
+        except RecursionError:
+            # Safety net for a parser path not wrapped by parse.py: the same
+            # bytes always recurse the same way, so reject instead of
+            # reporting a crash that the job runner would retry.
+            message = ("rejected", "the document is nested too deeply to read")
         except Exception as exc:  # reported by type only, never contents
             message = ("error", type(exc).__name__)
         try:

@@ -15,7 +15,7 @@ import io
 import json
 import re
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ import docx
 from bs4 import BeautifulSoup
 from docx.table import Table
 from pypdf import PdfReader
+from pypdf.errors import LimitReachedError
 
 from worker.pipeline.detect import SNIFF_CHARS, decode_text
 from worker.pipeline.errors import DocumentRejected
@@ -37,6 +38,7 @@ MAX_ZIP_RATIO = 100
 ZIP_RATIO_MIN_BYTES = 1024 * 1024
 """Small entries compress absurdly well legitimately; only judge big ones."""
 MAX_JSON_DEPTH = 100
+ZIP_XML_SCAN_CHUNK = 64 * 1024
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
 _BLANK_RUNS = re.compile(r"\n{3,}")
@@ -71,9 +73,12 @@ def normalize_text(text: str) -> str:
 
 
 @contextmanager
-def _reject_on_failure(what: str) -> Iterator[None]:
+def _reject_on_failure(
+    what: str, explain: Callable[[Exception], str | None] | None = None
+) -> Iterator[None]:
     """Map a parser library's exception on bad input to a rejection.
 
+    ``explain`` may turn a known exception into a more precise reason.
     MemoryError is re-raised so the child reports a memory-limit hit.
     """
     try:
@@ -83,13 +88,35 @@ def _reject_on_failure(what: str) -> Iterator[None]:
     except RecursionError:
         raise DocumentRejected(f"{what} is nested too deeply to read") from None
     except Exception as exc:  # libraries raise anything on junk
+        reason = explain(exc) if explain else None
         raise DocumentRejected(
-            f"{what} could not be read; it may be damaged ({type(exc).__name__})"
+            reason or f"{what} could not be read; it may be damaged ({type(exc).__name__})"
         ) from None
 
 
+def _pdf_hostile_reason(exc: Exception) -> str | None:
+    """A reason for pypdf's safety checks, which otherwise read as "damaged".
+
+    pypdf stops decompression bombs (``LimitReachedError`` past its 75 MB
+    ``ZLIB_MAX_OUTPUT_LENGTH``) and reference loops (Kids/Parent cycles) with
+    exceptions whose only distinguishing mark is the message, so we match
+    on that and fall back to the generic reason when pypdf rewords it.
+    """
+    message = str(exc).lower()
+    if "cycl" in message or "loop" in message:
+        return "PDF contains a reference loop (an object that refers back to itself)"
+    if isinstance(exc, LimitReachedError):
+        if "decompress" in message or "output" in message:
+            return (
+                "PDF contains a compressed stream that expands beyond the safety limit "
+                "(a decompression bomb)"
+            )
+        return "PDF exceeds a safety limit of the PDF reader"
+    return None
+
+
 def _extract_pdf(path: Path) -> str:
-    with _reject_on_failure("PDF"):
+    with _reject_on_failure("PDF", _pdf_hostile_reason):
         reader = PdfReader(path)
         if reader.is_encrypted:
             try:
@@ -106,9 +133,17 @@ def _extract_pdf(path: Path) -> str:
     for index in range(count):
         try:
             texts.append(reader.pages[index].extract_text() or "")
-        except (MemoryError, RecursionError):
+        except MemoryError:
             raise
-        except Exception:  # one broken page should not lose the rest
+        except RecursionError:
+            # Deeply nested arrays/dicts in a content stream.  Raised out of
+            # here it reached the child as "failed unexpectedly" and was
+            # retried; the same bytes always recurse the same way.
+            raise DocumentRejected("PDF is nested too deeply to read") from None
+        except Exception as exc:  # one broken page should not lose the rest...
+            hostile = _pdf_hostile_reason(exc)
+            if hostile:  # ...but a bomb or a loop is an attack, not damage
+                raise DocumentRejected(hostile) from None
             failures += 1
     if failures and failures == count:
         raise DocumentRejected("PDF could not be read; every page is damaged")
@@ -133,10 +168,49 @@ def check_zip_container(path: Path) -> None:
             raise DocumentRejected(
                 f"looks like a zip bomb: an entry is compressed more than {MAX_ZIP_RATIO}:1"
             )
+    # The sizes above come from the central directory and could lie; zipfile
+    # never inflates past an entry's declared size (and then fails its CRC
+    # check as "damaged"), so a lying entry cannot expand beyond them.
+
+
+_XML_DECLARATIONS = tuple(
+    marker.encode(codec)
+    for marker in ("<!DOCTYPE", "<!ENTITY")
+    for codec in ("utf-8", "utf-16-le", "utf-16-be")  # OPC allows only UTF-8 and UTF-16
+)
+
+
+def check_docx_xml(path: Path) -> None:
+    """Reject DTDs in the XML parts of a Word document.
+
+    Word never writes a DOCTYPE, but an attacker can add one to declare
+    external entities (XXE: ``SYSTEM "file:///etc/passwd"``) or nested
+    "billion laughs" entities.  python-docx parses with
+    ``resolve_entities=False`` (and libxml2 caps entity amplification), so
+    neither is expanded; this check turns such a file into a clear refusal
+    instead of a parse with silently missing text or an "XMLSyntaxError".
+    Runs after ``check_zip_container``, so the bytes inflated here are bounded.
+    """
+    overlap = max(len(marker) for marker in _XML_DECLARATIONS) - 1
+    with _reject_on_failure("Word document"), zipfile.ZipFile(path) as zf:
+        for info in zf.infolist():
+            if not info.filename.lower().endswith((".xml", ".rels")):
+                continue
+            tail = b""
+            with zf.open(info) as part:
+                while chunk := part.read(ZIP_XML_SCAN_CHUNK):
+                    window = tail + chunk
+                    if any(marker in window for marker in _XML_DECLARATIONS):
+                        raise DocumentRejected(
+                            "Word document contains XML entity or DOCTYPE declarations, which "
+                            "Word never writes (a possible XXE or entity-expansion attack)"
+                        )
+                    tail = window[-overlap:]
 
 
 def _extract_docx(path: Path) -> str:
     check_zip_container(path)
+    check_docx_xml(path)
     lines: list[str] = []
 
     def walk(container: Any) -> None:

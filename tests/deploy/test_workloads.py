@@ -1,0 +1,232 @@
+"""The webui and worker workloads: probes, resources, shutdown, shared config and storage."""
+
+from __future__ import annotations
+
+import re
+
+import yaml
+
+from shared.settings import Settings, load_settings
+
+from .manifests import (
+    KUSTOMIZE,
+    Doc,
+    config,
+    config_map,
+    containers,
+    deployment,
+    main_container,
+    named,
+    of_kind,
+    pod_specs,
+    quantity_cpu,
+    quantity_mib,
+)
+
+SECRET_SETTINGS = {"DATABASE_URL", "REDIS_URL"}
+# Measured: RSS of a worker with the model loaded (see base/worker-deployment.yaml).
+WORKER_RSS_MIB = 700
+# uvicorn's graceful shutdown in `sluice webui` (shared/cli.py).
+UVICORN_GRACEFUL_SHUTDOWN_S = 30
+
+
+def _port_names(container: Doc) -> set[str]:
+    return {p["name"] for p in container.get("ports", []) if "name" in p}
+
+
+def test_every_container_has_probes_and_limits(docs: list[Doc]) -> None:
+    problems = []
+    for dep in of_kind(docs, "Deployment"):
+        pod = dep["spec"]["template"]["spec"]
+        for c in containers(pod):
+            where = f"{dep['metadata']['name']}/{c['name']}"
+            res = c.get("resources", {})
+            for kind in ("requests", "limits"):
+                for resource in ("cpu", "memory"):
+                    if resource not in res.get(kind, {}):
+                        problems.append(f"{where}: no {resource} {kind}")
+            if {"cpu", "memory"} <= set(res.get("requests", {})) and {"cpu", "memory"} <= set(
+                res.get("limits", {})
+            ):
+                if quantity_cpu(res["requests"]["cpu"]) > quantity_cpu(res["limits"]["cpu"]):
+                    problems.append(f"{where}: cpu request above limit")
+                if quantity_mib(res["requests"]["memory"]) > quantity_mib(res["limits"]["memory"]):
+                    problems.append(f"{where}: memory request above limit")
+        for c in pod["containers"]:  # init containers cannot have probes
+            where = f"{dep['metadata']['name']}/{c['name']}"
+            for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+                spec = c.get(probe)
+                if not spec:
+                    problems.append(f"{where}: no {probe}")
+                    continue
+                port = (spec.get("httpGet") or spec.get("tcpSocket") or {}).get("port")
+                if isinstance(port, str) and port not in _port_names(c):
+                    problems.append(f"{where}: {probe} uses unknown port {port}")
+                if "exec" in spec and any("pgrep" in part for part in spec["exec"]["command"]):
+                    problems.append(f"{where}: {probe} greps for a process")
+    assert not problems, "\n".join(problems)
+
+
+def test_webui_probes_mean_something(docs: list[Doc]) -> None:
+    web = main_container(deployment(docs, "webui"))
+    assert web["livenessProbe"]["httpGet"]["path"] == "/healthz"  # alive; no dependencies
+    assert web["readinessProbe"]["httpGet"]["path"] == "/readyz"  # Postgres + Redis reachable
+    # /readyz gives each of its two checks up to 3 s.
+    assert web["readinessProbe"]["timeoutSeconds"] >= 6
+
+
+def test_worker_liveness_checks_no_dependency(docs: list[Doc]) -> None:
+    """/metrics reads Redis at scrape time: a slow Redis must not restart workers."""
+    worker = main_container(deployment(docs, "worker"))
+    liveness = worker["livenessProbe"]
+    assert "tcpSocket" in liveness or liveness["httpGet"]["path"] != "/metrics"
+    assert worker["readinessProbe"]["timeoutSeconds"] >= float(config(docs)["REDIS_SOCKET_TIMEOUT"])
+
+
+def test_startup_probes_cover_model_load(docs: list[Doc]) -> None:
+    """Imports ~5 s + model 0.4 s + warm-up, measured; allow a slow node 30x that."""
+    for component in ("webui", "worker"):
+        probe = main_container(deployment(docs, component))["startupProbe"]
+        budget = probe["periodSeconds"] * probe["failureThreshold"]
+        assert budget >= 150, f"{component}: startupProbe allows only {budget} s"
+
+
+def test_worker_grace_period_covers_a_job(docs: list[Doc]) -> None:
+    """SIGTERM lets the running job finish: the grace period must outlast JOB_TIMEOUT."""
+    job_timeout = int(config(docs)["JOB_TIMEOUT"])
+    pod = deployment(docs, "worker")["spec"]["template"]["spec"]
+    grace = pod["terminationGracePeriodSeconds"]
+    assert grace >= job_timeout + 30, f"grace {grace} s < JOB_TIMEOUT {job_timeout} s + 30 s margin"
+    # A shell would swallow SIGTERM: exec form, the worker itself is PID 1.
+    assert main_container(deployment(docs, "worker"))["command"] == ["sluice", "worker"]
+
+
+def test_webui_grace_period_covers_drain(docs: list[Doc]) -> None:
+    pod = deployment(docs, "webui")["spec"]["template"]["spec"]
+    web = main_container(deployment(docs, "webui"))
+    pre_stop = web["lifecycle"]["preStop"]["exec"]["command"]
+    assert pre_stop[0] == "sleep"
+    assert pod["terminationGracePeriodSeconds"] >= int(pre_stop[1]) + UVICORN_GRACEFUL_SHUTDOWN_S
+    assert web["command"] == ["sluice", "webui"]
+
+
+def test_webui_and_worker_share_config_and_secret(docs: list[Doc]) -> None:
+    """Same ConfigMap and Secret for every Sluice container (init containers too),
+    so QUEUE_NAME, the DB/Redis URLs and the pool settings cannot diverge."""
+    cm_name = config_map(docs)["metadata"]["name"]
+    expected = [{"configMapRef": {"name": cm_name}}, {"secretRef": {"name": "sluice-secrets"}}]
+    settings = {name.upper() for name in Settings.model_fields}
+    for who, pod in pod_specs(docs):
+        for c in containers(pod):
+            assert c["envFrom"] == expected, f"{who}/{c['name']}"
+            # No per-container override of a setting.
+            overridden = {e["name"] for e in c.get("env", [])} & settings
+            assert not overridden, f"{who}/{c['name']} overrides {overridden}"
+
+
+def test_config_map_holds_every_setting_and_only_settings(docs: list[Doc]) -> None:
+    data = config(docs)
+    settings = {name.upper() for name in Settings.model_fields}
+    missing = settings - SECRET_SETTINGS - set(data)
+    assert not missing, f"settings missing from base/config.env: {sorted(missing)}"
+    unknown = set(data) - settings
+    assert not unknown, f"not settings (typo?): {sorted(unknown)}"
+    assert not set(data) & SECRET_SETTINGS, "secrets belong in the Secret, not the ConfigMap"
+
+
+def test_config_values_are_valid_settings(docs: list[Doc]) -> None:
+    """The ConfigMap passes Settings' own validation (what the pods do at start)."""
+    values = {k.lower(): v for k, v in config(docs).items()}
+    settings = load_settings(database_url="postgresql://u:p@db:5432/sluice",
+                             redis_url="redis://redis:6379/0", **values)
+    assert not settings.bench_reload_model_per_job
+    assert not settings.uses_null_pool
+
+
+def test_ports_match_settings(docs: list[Doc]) -> None:
+    data = config(docs)
+    assert data["HOST"] == "0.0.0.0"  # the default 127.0.0.1 is unreachable from the Service
+    web = main_container(deployment(docs, "webui"))
+    assert [p["containerPort"] for p in web["ports"] if p["name"] == "http"] == [int(data["PORT"])]
+    worker = main_container(deployment(docs, "worker"))
+    assert [p["containerPort"] for p in worker["ports"] if p["name"] == "metrics"] == [
+        int(data["WORKER_METRICS_PORT"])
+    ]
+    assert data["WORKER_METRICS_HOST"] == "0.0.0.0"
+
+
+def test_worker_threads_and_memory_fit_its_limits(docs: list[Doc]) -> None:
+    data = config(docs)
+    worker = main_container(deployment(docs, "worker"))
+    limits = worker["resources"]["limits"]
+    threads = int(data["EMBED_THREADS"])
+    assert 1 <= threads <= quantity_cpu(limits["cpu"]), "more torch threads than CPUs given"
+    omp = next(e for e in worker["env"] if e["name"] == "OMP_NUM_THREADS")
+    assert omp["valueFrom"]["configMapKeyRef"]["key"] == "EMBED_THREADS"
+    # The worker with its model, plus the isolated parser child at its cap.
+    assert quantity_mib(limits["memory"]) >= WORKER_RSS_MIB + int(data["PARSE_MEMORY_MB"])
+
+
+def test_uploads_are_shared_read_write_many(docs: list[Doc]) -> None:
+    upload_dir = config(docs)["UPLOAD_DIR"]
+    claims = set()
+    for component in ("webui", "worker"):
+        dep = deployment(docs, component)
+        pod = dep["spec"]["template"]["spec"]
+        (mount,) = [m for m in main_container(dep)["volumeMounts"] if m["mountPath"] == upload_dir]
+        (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+        claims.add(volume["persistentVolumeClaim"]["claimName"])
+    assert len(claims) == 1, claims
+    pvc = named(docs, "PersistentVolumeClaim", claims.pop())
+    assert pvc is not None
+    assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
+    # The default class is usually RWO-only: the overlay must name an RWX class.
+    assert pvc["spec"].get("storageClassName")
+
+
+def test_images_are_the_right_ones_and_pinned(docs: list[Doc]) -> None:
+    for component in ("webui", "worker"):
+        pod = deployment(docs, component)["spec"]["template"]["spec"]
+        for c in containers(pod):
+            image = c["image"]
+            assert re.search(rf"/sluice-{component}[:@]", image), f"{component}/{c['name']}: {image}"
+            assert "@sha256:" in image or (":" in image.rsplit("/", 1)[-1]), f"untagged {image}"
+            assert not image.endswith(":latest"), image
+
+
+def test_rollouts_stay_inside_the_budget(docs: list[Doc]) -> None:
+    """The budget counts the autoscalers' maxima; rollouts must not add pods."""
+    web = deployment(docs, "webui")["spec"]["strategy"]
+    assert web["type"] == "RollingUpdate" and web["rollingUpdate"]["maxSurge"] == 0
+    assert deployment(docs, "worker")["spec"]["strategy"]["type"] == "Recreate"
+
+
+def test_spread_and_disruption_budgets(docs: list[Doc]) -> None:
+    pdbs = of_kind(docs, "PodDisruptionBudget")
+    for component in ("webui", "worker"):
+        dep = deployment(docs, component)
+        labels = dep["spec"]["template"]["metadata"]["labels"]
+        spread = dep["spec"]["template"]["spec"]["topologySpreadConstraints"]
+        assert "kubernetes.io/hostname" in {s["topologyKey"] for s in spread}
+        for s in spread:
+            assert s["labelSelector"]["matchLabels"].items() <= labels.items()
+        covering = [p for p in pdbs if p["spec"]["selector"]["matchLabels"].items() <= labels.items()]
+        assert len(covering) == 1, component
+        assert covering[0]["spec"]["maxUnavailable"] == 1
+
+
+def test_secret_is_a_template_only() -> None:
+    """The Secret is never rendered; its template names the keys the pods read."""
+    base = yaml.safe_load((KUSTOMIZE / "base" / "kustomization.yaml").read_text())
+    assert "secret.example.yaml" not in base["resources"]
+    example = yaml.safe_load((KUSTOMIZE / "base" / "secret.example.yaml").read_text())
+    assert example["metadata"]["name"] == "sluice-secrets"
+    assert set(example["stringData"]) == SECRET_SETTINGS
+    assert all("CHANGE-ME" in value for value in example["stringData"].values())
+
+
+def test_no_secret_data_is_rendered(docs: list[Doc]) -> None:
+    for secret in of_kind(docs, "Secret"):
+        # Only the service-account token KEDA uses, which the cluster fills in.
+        assert secret["type"] == "kubernetes.io/service-account-token"
+        assert "data" not in secret and "stringData" not in secret

@@ -1,0 +1,147 @@
+"""`/metrics` of the real webui and worker processes, before, during and after uploads."""
+
+from __future__ import annotations
+
+import uuid
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+from redis import Redis
+from rq.suspension import resume, suspend
+from sqlalchemy import Engine
+
+from conftest import ApiUser, Stack
+from helpers import upload, wait_for_status, wait_until
+from shared.models import File
+from shared.queue import enqueue_ingest, make_queue
+from shared.settings import Settings
+from shared.storage import new_storage_key
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+SHARED = [
+    "sluice_db_pool_size", "sluice_db_pool_max", "sluice_db_pool_checked_out",
+    "sluice_db_pool_overflow", "sluice_db_pool_wait_seconds_count", "sluice_db_pool_timeouts_total",
+    "sluice_redis_pool_in_use", "sluice_redis_pool_max", "sluice_redis_pool_connections",
+    "sluice_redis_errors_total", "sluice_queue_depth", "sluice_queue_registry_jobs",
+    "sluice_queue_oldest_job_age_seconds", "sluice_queue_workers", "sluice_queue_scheduler_running",
+]
+WEBUI_ONLY = ["http_requests_total", "http_request_duration_seconds_count"]
+WORKER_ONLY = [
+    "sluice_jobs_total", "sluice_job_stage_duration_seconds_count", "sluice_queue_wait_seconds_count",
+    "sluice_model_load_seconds", "sluice_worker_busy_seconds_total", "sluice_worker_busy",
+    "sluice_model_loads_total", "sluice_config_loads_total", "sluice_reconciler_requeued_total",
+    "sluice_reconciler_failed_total",
+]
+
+
+def scrape(url: str) -> Samples:
+    r = httpx.get(url, timeout=10)
+    assert r.status_code == 200, r.text
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(r.text) for s in family.samples
+    }
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples[(name, frozenset(labels.items()))]
+
+
+def names(samples: Samples) -> set[str]:
+    return {name for name, _ in samples}
+
+
+def test_each_metric_is_exposed(stack: Stack, settings: Settings) -> None:
+    web, wk = scrape(f"{stack.url}/metrics"), scrape(stack.worker_metrics_url)
+    assert set(SHARED + WEBUI_ONLY) <= names(web), set(SHARED + WEBUI_ONLY) - names(web)
+    assert set(SHARED + WORKER_ONLY) <= names(wk), set(SHARED + WORKER_ONLY) - names(wk)
+    assert value(web, "sluice_db_pool_size") == settings.database_pool_size
+    webui_limit = settings.database_pool_size + settings.database_pool_max_overflow
+    assert value(web, "sluice_db_pool_max") == webui_limit
+    assert value(wk, "sluice_db_pool_max") == settings.worker_db_pool_size
+    assert value(web, "sluice_redis_pool_max", pool="sync") == settings.redis_max_connections
+    assert value(wk, "sluice_redis_pool_max", pool="sync") == settings.redis_max_connections
+    for registry in ("started", "failed", "deferred", "scheduled"):
+        assert value(web, "sluice_queue_registry_jobs", queue="ingest", registry=registry) >= 0
+    assert value(wk, "sluice_model_loads_total") == 1
+    assert value(wk, "sluice_config_loads_total") == 1
+    assert value(wk, "sluice_model_load_seconds") > 0
+    assert value(web, "sluice_queue_workers", queue="ingest") >= 1
+    assert value(web, "sluice_queue_scheduler_running", queue="ingest") == 1
+
+
+def test_queue_depth_rises_and_drains_and_pools_return_to_idle(
+    stack: Stack, client: httpx.Client, redis_client: Redis
+) -> None:
+    before = scrape(stack.worker_metrics_url)
+    # Suspended workers take no new job (one blocked in BLMOVE may still take the first).
+    suspend(redis_client)
+    try:
+        ids = []
+        for i in range(4):
+            r = upload(client, f"m{i}.txt", f"metrics {i} {uuid.uuid4()} estuary tides".encode())
+            assert r.status_code == 202
+            ids.append(r.json()["id"])
+        during = wait_until(
+            lambda: (s := scrape(f"{stack.url}/metrics"))
+            and value(s, "sluice_queue_depth", queue="ingest") >= 3 and s, 15, "queue depth >= 3")
+        assert value(during, "sluice_queue_oldest_job_age_seconds", queue="ingest") >= 0
+        assert value(during, "http_requests_total", handler="/api/v1/files", method="POST",
+                     status="2xx") >= 4
+    finally:
+        resume(redis_client)
+    for fid in ids:
+        assert wait_for_status(client, fid)["status"] == "done"
+
+    after_web = wait_until(
+        lambda: (s := scrape(f"{stack.url}/metrics"))
+        and value(s, "sluice_queue_depth", queue="ingest") == 0 and s, 30, "queue drained")
+    assert value(after_web, "sluice_queue_oldest_job_age_seconds", queue="ingest") == 0
+    assert value(after_web, "sluice_db_pool_checked_out") == 0
+    assert value(after_web, "sluice_db_pool_wait_seconds_count") > 0
+    for pool in ("sync", "async"):
+        in_use = value(after_web, "sluice_redis_pool_in_use", pool=pool)
+        assert 0 <= in_use <= value(after_web, "sluice_redis_pool_max", pool=pool)
+    # The worker's reconciler checks a connection out every second: wait for an idle moment.
+    after = wait_until(
+        lambda: (s := scrape(stack.worker_metrics_url))
+        and value(s, "sluice_db_pool_checked_out") == 0 and s, 15, "worker pool idle")
+    assert value(after, "sluice_jobs_total", outcome="done") >= value(before, "sluice_jobs_total",
+                                                                      outcome="done") + 4
+    for stage in ("parse", "chunk", "embed", "store", "total"):
+        key = "sluice_job_stage_duration_seconds_count"
+        assert value(after, key, stage=stage) >= value(before, key, stage=stage) + 4, stage
+    for grew in ("sluice_queue_wait_seconds_count", "sluice_worker_busy_seconds_total",
+                 "sluice_db_pool_wait_seconds_count"):
+        assert value(after, grew) > value(before, grew), grew
+    assert value(after, "sluice_queue_wait_seconds_count") >= value(
+        before, "sluice_queue_wait_seconds_count") + 4
+    assert value(after, "sluice_model_loads_total") == 1  # still loaded once
+    assert value(after, "sluice_redis_errors_total", kind="timeout") == 0
+
+
+def test_rejected_retried_and_failed_outcomes_are_counted(
+    stack: Stack, client: httpx.Client, user: ApiUser, settings: Settings, redis_client: Redis,
+    db_engine: Engine,
+) -> None:
+    before = scrape(stack.worker_metrics_url)
+    bad = upload(client, "noise.bin", bytes(range(256)) * 8 + uuid.uuid4().bytes)
+    assert wait_for_status(client, bad.json()["id"])["status"] == "failed"
+    # A row whose bytes never arrive: every attempt raises, RQ retries, the last one fails.
+    fid = uuid.uuid4()
+    with db_engine.begin() as conn:
+        conn.execute(File.__table__.insert().values(
+            id=fid, owner_id=uuid.UUID(user.id), filename="gone.txt", size_bytes=1,
+            sha256=uuid.uuid4().hex * 2, storage_key=new_storage_key(), status="queued"))
+    enqueue_ingest(make_queue(redis_client, settings), settings, fid)
+    assert wait_for_status(client, str(fid), {"failed"})["attempts"] == settings.job_max_retries + 1
+
+    def grew(outcome: str, by: int) -> bool:
+        now = scrape(stack.worker_metrics_url)
+        return (value(now, "sluice_jobs_total", outcome=outcome)
+                >= value(before, "sluice_jobs_total", outcome=outcome) + by)
+
+    wait_until(lambda: grew("rejected", 1), 10, "rejected counted")
+    wait_until(lambda: grew("retried", settings.job_max_retries), 10, "retries counted")
+    wait_until(lambda: grew("failed", 1), 10, "final failure counted")
