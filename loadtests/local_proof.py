@@ -161,7 +161,7 @@ def run_once(servers: Servers, root: Path, out: Path, label: str, workers: int,
         servers.max_connections, "webui_pool": None if overrides.get("DATABASE_POOL_SIZE") == "0"
         else settings.database_pool_size + settings.database_pool_max_overflow,
         "worker_pool": settings.worker_db_pool_size, "redis_max_connections":
-        settings.redis_max_connections,
+        settings.redis_max_connections, "nullpool_shim": app.nullpool_shim,
     }
     locust: Child | None = None
     sampler: Sampler | None = None

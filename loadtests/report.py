@@ -83,7 +83,14 @@ def _run_section(s: dict[str, Any], facts: dict[str, Any]) -> list[str]:
     L = [f"### {SETUP_NAMES.get(s['label'], s['label'])}", "",
          f"Workers: {facts['workers']}; settings changed: {env}; start-up {_s(facts.get('startup_s'))}; "
          f"chunks in the table: {facts['chunks_before']:,} before, {facts['chunks_after']:,} after.",
-         "", "| stage | uploads | errors | p50 | p95 | p99 | max |", "|---|---|---|---|---|---|---|"]
+         ""]
+    if facts.get("nullpool_shim"):
+        L += ["Workers ran through `loadtests/nullpool_shim.py`: with NullPool, `sluice worker` "
+              "dies at boot (src/worker/runtime.py `Runtime.facts()` calls "
+              "`engine.pool.checkedout()`, which NullPool lacks); the shim gives NullPool a "
+              "`checkedout()` returning 0, so only the published `db_checked_out` fact is "
+              "affected.", ""]
+    L += ["| stage | uploads | errors | p50 | p95 | p99 | max |", "|---|---|---|---|---|---|---|"]
     for stage, v in s["upload"].items():
         L.append(f"| {stage} | {v['n']} | {v['errors']} | {_ms(v['p50'])} | {_ms(v['p95'])} | "
                  f"{_ms(v['p99'])} | {_ms(v['max'])} |")

@@ -78,7 +78,9 @@ class Child:
         return "\n".join(text[-lines:])
 
 
-def sluice_cmd(*args: str) -> list[str]:
+def sluice_cmd(*args: str, nullpool_shim: bool = False) -> list[str]:
+    if nullpool_shim:  # see nullpool_shim.py: a src bug kills NullPool workers at boot
+        return [sys.executable, str(Path(__file__).with_name("nullpool_shim.py")), *args]
     return [sys.executable, "-m", "shared.cli", *args]
 
 
@@ -148,6 +150,7 @@ class App:
 
     def __init__(self, env: dict[str, str], workers: int, log_dir: Path, port: int):
         self.env, self.workers, self.log_dir, self.port = env, workers, log_dir, port
+        self.nullpool_shim = env.get("DATABASE_POOL_SIZE") == "0"
         self.url = f"http://127.0.0.1:{port}"
         self.children: list[Child] = []
 
@@ -158,7 +161,8 @@ class App:
             self.log_dir / "webui.log"))
         for i in range(self.workers):
             self.children.append(Child(f"worker-{i}", sluice_cmd(
-                "worker", "--share-cpus", str(self.workers)), self.env,
+                "worker", "--share-cpus", str(self.workers), nullpool_shim=self.nullpool_shim),
+                self.env,
                 self.log_dir / f"worker-{i}.log"))
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import psutil
+import pytest
 
 from helpers import free_port, pid_alive, upload, wait_for_status, wait_until
 
@@ -44,14 +48,22 @@ def _stop(proc: subprocess.Popen[bytes]) -> list[int]:
     return [pid for pid in family if pid_alive(pid)]
 
 
-def test_sluice_up_serves_stops_clean_and_keeps_data(tmp_path: Path) -> None:
-    data, log = tmp_path / "data", tmp_path / "up.log"
+@pytest.fixture
+def data_dir() -> Iterator[Path]:
+    # Outside /tmp/pytest-of-root (see the `servers` fixture in conftest.py).
+    root = Path(tempfile.mkdtemp(prefix="sluice-up-test-"))
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def test_sluice_up_serves_stops_clean_and_keeps_data(tmp_path: Path, data_dir: Path) -> None:
+    data, log = data_dir / "data", tmp_path / "up.log"
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     proc = _start(data, port, log)
     try:
         key = (data / "admin.key").read_text().strip()
-        assert key in log.read_text()  # printed for the person who ran it
+        wait_until(lambda: key in log.read_text(), 10, "the key printed for the person who ran it")
         with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}) as c:
             fid = upload(c, "hello.md", f"# Hi\n\nmarsh harrier {uuid.uuid4()}".encode()).json()["id"]
             assert wait_for_status(c, fid)["status"] == "done"

@@ -64,7 +64,7 @@ def _specs(rng: random.Random) -> list[Spec]:
         elif i in to_fail:  # a real PDF with no text in it
             specs.append(Spec(f"f{i}.pdf", make_pdf([[]]) + f"% {nonce}\n".encode(), True, pause))
         else:
-            sentences = rng.randint(5, 100)  # up to ~8 chunks
+            sentences = rng.randint(3, 30)  # 1-3 chunks
             body = " ".join(f"Ledger {i} line {j}: salt marsh, tidal creek, sluice."
                             for j in range(sentences))
             specs.append(Spec(f"g{i}.txt", f"{nonce}\n{body}\n".encode(), False, pause))

@@ -23,7 +23,7 @@ FAULT_ENV = {
     "JOB_MAX_RETRIES": "2",
 }
 # Process scheduling on a busy 2-core machine, Postgres commits, the API poll.
-SLACK_S = 10
+SLACK_S = 15
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ from sqlalchemy import Engine
 
 from conftest import ApiUser, Stack
 from helpers import upload, wait_for_status, wait_until
+from samples import make_pdf
 from shared.models import File
 from shared.queue import enqueue_ingest, make_queue
 from shared.settings import Settings
@@ -126,7 +127,9 @@ def test_rejected_retried_and_failed_outcomes_are_counted(
     db_engine: Engine,
 ) -> None:
     before = scrape(stack.worker_metrics_url)
-    bad = upload(client, "noise.bin", bytes(range(256)) * 8 + uuid.uuid4().bytes)
+    # A PDF with a blank page passes the upload's type check; the worker finds no text.
+    bad = upload(client, "blank.pdf", make_pdf([[]]), "application/pdf")
+    assert bad.status_code == 202, bad.text
     assert wait_for_status(client, bad.json()["id"])["status"] == "failed"
     # A row whose bytes never arrive: every attempt raises, RQ retries, the last one fails.
     fid = uuid.uuid4()

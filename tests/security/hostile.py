@@ -9,6 +9,9 @@ from __future__ import annotations
 import io
 import zipfile
 import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 
 import docx
 
@@ -257,3 +260,92 @@ MZ = (
     + b"\x80\x00\x00\x00" + bytes(range(256)) * 16
 )
 """The start of a Windows PE executable (DOS header, e_lfanew at 0x3c)."""
+
+
+# --- The cases and what must become of them -------------------------------
+
+PASSWD_LINE = next(
+    (line for line in Path("/etc/passwd").read_text().splitlines() if line.startswith("root:")),
+    "root:x:0:0:",
+)
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    name: str
+    build: Callable[[], bytes]
+    reason: str | None = None
+    """Regex the failure reason must match; None: the file must end `done`."""
+    text: tuple[str, ...] = ()
+    """For `done`: phrases the stored chunks must contain."""
+    refusable: bool = False
+    """The webui's upload-time type check may refuse it (with the same reason)."""
+
+
+CASES = [
+    # Zip bombs: DOCX is checked before decompressing; XLSX/PPTX are refused from
+    # the central directory alone, whatever their name says.
+    Case("docx-zip-bomb", "bomb.docx", lambda: ooxml_zip_bomb("docx"),
+         r"^looks like a zip bomb: it would expand to more than \d+ MB$"),
+    Case("xlsx-zip-bomb", "bomb.xlsx", lambda: ooxml_zip_bomb("xlsx"),
+         r"^Excel workbooks \(\.xlsx\) are not supported", refusable=True),
+    Case("pptx-zip-bomb", "bomb.pptx", lambda: ooxml_zip_bomb("pptx"),
+         r"^PowerPoint presentations \(\.pptx\) are not supported", refusable=True),
+    Case("xlsx-bomb-named-docx", "budget.docx", lambda: ooxml_zip_bomb("xlsx"),
+         r"^Excel workbooks \(\.xlsx\) are not supported", refusable=True),
+    Case("docx-lying-sizes", "lying.docx", docx_with_lying_sizes,
+         r"^Word document could not be read; it may be damaged"),
+    Case("docx-10001-entries", "many.docx", zip_with_entries,
+         r"^looks like a zip bomb: more than 10000 entries$"),
+    # XML entities: never resolved or expanded; refused as Word never writes a DTD.
+    Case("docx-xxe", "xxe.docx", docx_xxe,
+         r"^Word document contains XML entity or DOCTYPE declarations"),
+    Case("docx-billion-laughs", "laughs.docx", docx_billion_laughs,
+         r"^Word document contains XML entity or DOCTYPE declarations"),
+    # PDF: decompression bombs, reference loops, deep nesting.
+    Case("pdf-flate-bomb", "bomb.pdf", pdf_flate_bomb,
+         r"^PDF contains a compressed stream that expands beyond the safety limit"),
+    Case("pdf-stream-array-bomb", "bombs.pdf", pdf_stream_array_bomb,
+         r"^PDF contains a compressed stream that expands beyond the safety limit"),
+    Case("pdf-kids-self-loop", "loop.pdf", pdf_kids_self_loop,
+         r"^PDF contains a reference loop"),
+    Case("pdf-kids-cycle", "cycle.pdf", pdf_kids_cycle, r"^PDF contains a reference loop"),
+    Case("pdf-parent-cycle", "parents.pdf", pdf_parent_cycle,
+         r"^PDF contains a reference loop"),
+    Case("pdf-self-reference", "self.pdf", pdf_self_reference,
+         r"^PDF (could not be read|contains a reference loop)"),
+    Case("pdf-nested-arrays", "nested.pdf", pdf_nested_arrays,
+         r"^PDF is nested too deeply to read$"),
+    # HTML: lxml caps the tree depth itself, so the text survives.
+    Case("html-100k-nested-divs", "deep.html", nested_html, text=("deep text",)),
+    # Encodings.
+    Case("utf16le-no-bom", "wide.txt",
+         lambda: "Grüße aus Köln, zweite Zeile.\n".encode("utf-16-le") * 20,
+         text=("Grüße aus Köln, zweite Zeile.",)),
+    Case("utf16be-no-bom", "wide-be.txt",
+         lambda: "Grüße aus Köln, zweite Zeile.\n".encode("utf-16-be") * 20,
+         text=("Grüße aus Köln, zweite Zeile.",)),
+    Case("shift-jis", "jp.txt",
+         lambda: "これは日本語のテキストです。東京の天気は晴れです。\n".encode("shift_jis") * 10,
+         text=("これは日本語のテキストです。",)),
+    Case("utf8-with-latin1-lines", "mixed.log",
+         lambda: "café ouvert à 8h\n".encode() * 5 + "crème brûlée du jour\n".encode("latin-1"),
+         text=("café ouvert à 8h", "crème brûlée du jour")),
+    Case("invalid-utf8", "odd.txt",
+         lambda: b"valid start " + b"\xff\xfe\xc3\x28 mixed \xe2\x82 bytes " * 20,
+         text=("valid start", "mixed", "bytes")),
+    # Nothing to index.
+    Case("empty", "empty.txt", lambda: b"", r"(?i)\bempty\b", refusable=True),
+    Case("whitespace-only", "blank.txt", lambda: b" \n\t\n" * 100, r"^no text could be extracted"),
+    Case("pdf-image-only", "scan.pdf", pdf_image_only,
+         r"^PDF has no extractable text \(scanned images\?\)$"),
+    Case("docx-no-paragraphs", "blank.docx", lambda: docx_bytes([]),
+         r"^no text could be extracted"),
+    # Renamed executables.
+    Case("elf-named-txt", "notes.txt", lambda: ELF,
+         r"^unsupported file type: looks like a Linux executable \(ELF\)$", refusable=True),
+    Case("exe-named-pdf", "invoice.pdf", lambda: MZ,
+         r"^file is named \.pdf but its content is not a PDF \(looks like a Windows executable\)$",
+         refusable=True),
+]

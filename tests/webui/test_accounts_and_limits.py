@@ -108,7 +108,8 @@ def test_cli_users_and_keys(env: dict[str, str], db_engine: Engine) -> None:
     assert prefix in sluice("keys", "list").stdout and key not in sluice("keys", "list").stdout
     assert sluice("users", "disable", email).returncode == 0
     with db_engine.connect() as conn:
-        assert conn.execute(text("SELECT is_active FROM users WHERE email=:e"), {"e": email}).scalar() is False
+        active = conn.execute(text("SELECT is_active FROM users WHERE email=:e"), {"e": email}).scalar()
+    assert active is False
     assert sluice("keys", "revoke", prefix).returncode == 0
     assert sluice("users", "disable", "nobody@example.test").returncode == 1
 
