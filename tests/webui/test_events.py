@@ -68,8 +68,10 @@ def test_200_clients_share_one_subscription_and_see_only_their_events(
                 file_ids.append(r.json()["id"])
 
             async def all_done() -> None:  # polls the lists the listener tasks fill
-                while not all(  # noqa: ASYNC110any(e["file_id"] == file_ids[ui] and e["status"] == "done" for e in got)
-                              for ui, got, _, _ in listeners):
+                while not all(  # noqa: ASYNC110
+                    any(e["file_id"] == file_ids[ui] and e["status"] == "done" for e in got)
+                    for ui, got, _, _ in listeners
+                ):
                     await asyncio.sleep(0.2)
 
             await asyncio.wait_for(all_done(), 90)
