@@ -93,7 +93,8 @@ def connections(out: Path, runs: list[tuple[dict[str, Any], dict[str, Any]]]) ->
         t = [s["t"] - t0 for s in smp]
         apps = sorted({a for s in smp for a in s["pg"] if a not in OURS})
         for app in apps:
-            ax.plot(t, [s["pg"].get(app, {}).get("total", 0) for s in smp], label=app)
+            ax.plot(t, [s.get("pg_peak", {}).get(app, 0) for s in smp],
+                    label=f"{app} (most per second, 5 Hz)")
         ax.plot(t, [s["pg"].get("sluice-webui", {}).get("busy", 0) for s in smp], lw=0.8,
                 label="sluice-webui not idle")
         if any(s.get("webui") for s in smp):

@@ -54,7 +54,10 @@ def key_rows(s: dict[str, Any]) -> list[tuple[str, float | None, str]]:
     add("upload → searchable p95", s["searchable"]["p95"], _s)
     add("upload → searchable max", s["searchable"]["max"], _s)
     add("acknowledged uploads not done at the end", len(s["not_done"]))
-    add("peak Postgres connections (Sluice)", s.get("pg_peak"))
+    add("peak Postgres connections (Sluice, 5 Hz polling)", s.get("pg_peak_5hz"))
+    add("Postgres sessions opened during the run", (s.get("pg_sessions") or {}).get("opened"))
+    add("Postgres sessions opened, peak per second",
+        (s.get("pg_sessions") or {}).get("peak_per_s"))
     wm = s.get("webui_metrics") or {}
     add("webui DB pool checked out, peak (/metrics)", wm.get("checked_out_peak"))
     add("webui DB checkout mean (wait + connect, /metrics)", wm.get("checkout_mean_ms"), _ms)
@@ -121,11 +124,14 @@ def _run_section(s: dict[str, Any], facts: dict[str, Any]) -> list[str]:
           f"busy {_n(s.get('busy_fraction'), '{:.0%}')} of the time the queue was non-empty "
           f"({s.get('queue_nonempty_s', 0)} s sampled); processing-time share "
           f"{_n(tp.get('processing_share'), '{:.0%}')}; model loads {s.get('model_loads')}.",
-          f"- Postgres: peak {s.get('pg_peak')} Sluice connections (budget {budget}; "
+          f"- Postgres: peak {s.get('pg_peak_5hz')} Sluice connections polling at 5 Hz, "
+          f"{s.get('pg_peak')} in the 1 Hz snapshots (budget {budget}; "
           f"max_connections {facts['pg_max_connections']}); peak per application_name "
           f"{s.get('pg_peak_by_app')}; webui connections not idle (≈ pool checked out) peak "
           f"{s.get('webui_busy_peak')}; worker facts db_checked_out peak "
-          f"{s.get('db_checked_out_peak')}.",
+          f"{s.get('db_checked_out_peak')}; sessions opened during the run "
+          f"{(s.get('pg_sessions') or {}).get('opened')} (peak "
+          f"{(s.get('pg_sessions') or {}).get('peak_per_s')}/s).",
           "- Webui /metrics: " + (", ".join(f"{k} {_n(v, '{:,.2f}')}" for k, v in (
               s.get("webui_metrics") or {}).items()) or "no pool gauges exposed") + ".",
           f"- Redis: peak {s.get('redis_peak')} Sluice clients; per client name "

@@ -1,13 +1,13 @@
 """Server-side facts, once a second, into a JSONL file (and memory).
 
-Postgres: client connections per application_name (total, and not idle: for
-the webui that is the pool's checked-out connections, near enough; the webui
-may expose pool gauges on /metrics: when it does, they are scraped too). The
-run's files by status. Redis:
-clients per name, the RQ queue length, started/scheduled jobs, how many
-workers are busy, and the workers' published facts. CPU: the machine's busy
-cores, those of the processes we started (per component, including reaped
-children such as short-lived Postgres backends) and so the rest of the machine.
+Postgres: client connections per application_name (a snapshot each second,
+total and not idle, plus the most seen when polling at 5 Hz, since a NullPool
+connection lives for one request only), and sessions opened so far
+(pg_stat_database.sessions). The webui's /metrics pool gauges when it has
+them. The run's files by status. Redis: clients per name, the RQ queue length,
+started and scheduled jobs, busy workers, the workers' published facts. CPU:
+the machine's busy cores, those of the processes started here (per component,
+including reaped children such as short-lived Postgres backends), and the rest.
 """
 
 from __future__ import annotations
@@ -42,6 +42,11 @@ _METRICS = {
     "sluice_redis_pool_in_use": "redis_in_use",
     "sluice_redis_errors_total": "redis_errors",
 }
+_PG_COUNT_SQL = """
+SELECT coalesce(nullif(application_name, ''), '(none)'), count(*) FROM pg_stat_activity
+WHERE backend_type = 'client backend' AND pid <> pg_backend_pid() GROUP BY 1
+"""
+_SESSIONS_SQL = "SELECT sessions FROM pg_stat_database WHERE datname = current_database()"
 _FILES_SQL = """
 SELECT status, count(*), coalesce(sum(chunk_count), 0) FROM files
 WHERE owner_id = ANY(%s::uuid[]) GROUP BY status
@@ -90,15 +95,31 @@ class Sampler(threading.Thread):
                 open(self.out, "a", buffering=1) as out:
             rd = redis.Redis.from_url(self.redis_url, socket_timeout=5, decode_responses=True)
             rd.client_setname("sluice-loadtest-sampler")
-            while not self._halt.wait(self.interval):
+            while not self._halt.is_set():
                 try:
+                    peak = self._peak_connections(pg)
                     sample = self._sample(pg, rd)
+                    sample["pg_peak"] = peak
                 except (psycopg.Error, redis.RedisError) as err:
                     self.errors += 1
                     sample = {"t": time.time(), "error": str(err)[:200]}
                 self.samples.append(sample)
                 out.write(json.dumps(sample) + "\n")
             rd.close()
+
+    def _peak_connections(self, pg: psycopg.Connection) -> dict[str, int]:
+        """Most connections per application_name seen at 5 Hz over one interval.
+
+        NullPool connections live for one request; a 1 Hz snapshot misses most of them.
+        """
+        peak: dict[str, int] = {}
+        steps = 5
+        for _ in range(steps):
+            if self._halt.wait(self.interval / steps):
+                break
+            for app, n in pg.execute(_PG_COUNT_SQL).fetchall():
+                peak[app] = max(peak.get(app, 0), n)
+        return peak
 
     def _sample(self, pg: psycopg.Connection, rd: redis.Redis) -> dict[str, Any]:
         t = time.time()
@@ -107,6 +128,7 @@ class Sampler(threading.Thread):
             entry = conns.setdefault(app, {"total": 0, "busy": 0})
             entry["total"] += n
             entry["busy"] += n if busy else 0
+        sessions = pg.execute(_SESSIONS_SQL).fetchone()
         rows = pg.execute(_FILES_SQL, (self.owner_ids,)).fetchall()
         files = {s: n for s, n, _ in rows}
         chunks_done = sum(c for s, _, c in rows if s == "done")
@@ -123,6 +145,7 @@ class Sampler(threading.Thread):
                 "jobs_done", "jobs_failed", "db_checked_out", "model_loads", "embed_threads")}
         return {
             "t": t, "load1": os.getloadavg()[0], "pg": conns, "files": files,
+            "pg_sessions": sessions[0] if sessions else None,
             "chunks_done": chunks_done, "redis_clients": clients,
             "queue": rd.llen(f"rq:queue:{self.queue}"), "wip": rd.zcard(f"rq:wip:{self.queue}"),
             "scheduled": rd.zcard(f"rq:scheduled:{self.queue}"),

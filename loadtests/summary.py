@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +111,8 @@ def _from_samples(samples: list[dict[str, Any]], facts: dict[str, Any]) -> dict[
     redis_by: dict[str, int] = {}
     for smp in samples:
         sluice = 0
+        for app, n in smp.get("pg_peak", {}).items():
+            apps[app] = max(apps.get(app, 0), n)
         for app, c in smp["pg"].items():
             apps[app] = max(apps.get(app, 0), c["total"])
             if app not in OURS:
@@ -123,6 +126,13 @@ def _from_samples(samples: list[dict[str, Any]], facts: dict[str, Any]) -> dict[
                 rtot += n
         redis_total.append(rtot)
     out["pg_peak"] = max(totals)
+    fast = [sum(n for a, n in smp["pg_peak"].items() if a not in OURS)
+            for smp in samples if "pg_peak" in smp]
+    out["pg_peak_5hz"] = max(fast) if fast else None
+    sessions = [smp["pg_sessions"] for smp in samples if smp.get("pg_sessions") is not None]
+    if len(sessions) > 1:
+        rates = [b - a for a, b in pairwise(sessions)]
+        out["pg_sessions"] = {"opened": sessions[-1] - sessions[0], "peak_per_s": max(rates)}
     out["pg_peak_by_app"] = dict(sorted(apps.items()))
     out["webui_busy_peak"] = max(webui_busy)
     out["redis_peak"] = max(redis_total)

@@ -12,6 +12,7 @@ import logging
 import os
 import threading
 import time
+from typing import Any
 
 from redis.exceptions import RedisError
 from rq import SimpleWorker
@@ -43,6 +44,14 @@ class SluiceWorker(SimpleWorker):
     runtime: Runtime | None = None
     metrics: WorkerMetrics | None = None
     heartbeat_grace: int = 60  # WORKER_HEARTBEAT_GRACE
+    last_beat: float = 0.0  # monotonic time of the last heartbeat, for /healthz
+
+    def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
+        super().heartbeat(timeout, pipeline)
+        self.last_beat = time.monotonic()
+
+    def beat_age(self) -> float:
+        return time.monotonic() - self.last_beat if self.last_beat else 0.0
 
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         return int(self.job_monitoring_interval) + self.heartbeat_grace
@@ -132,7 +141,7 @@ def run(settings: Settings, *, processes_sharing_cpus: int = 1, burst: bool = Fa
     )
     worker.runtime = runtime
     worker.heartbeat_grace = settings.worker_heartbeat_grace
-    worker.metrics = start_worker_metrics(settings, runtime)
+    worker.metrics = start_worker_metrics(settings, runtime, worker.beat_age)
     worker.publish_facts()
     reconciler = ReconcilerThread(runtime.redis, runtime.session_factory, runtime.queue, settings,
                                   on_result=worker.metrics.reconciled)

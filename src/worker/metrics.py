@@ -7,15 +7,18 @@ busy the worker is, what boot loaded and the reconciler's repairs.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
+from wsgiref.simple_server import make_server
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.exposition import ThreadingWSGIServer, _SilentHandler
 from prometheus_client.registry import Collector
 from rq.job import Job, JobStatus
 
@@ -125,15 +128,42 @@ def _aware(dt: datetime) -> datetime:
     return dt if dt.tzinfo is not None else dt.replace(tzinfo=UTC)
 
 
-def start_worker_metrics(settings: Settings, runtime: Runtime) -> WorkerMetrics:
-    """Record metrics, and serve them on WORKER_METRICS_PORT unless it is 0 or taken."""
+def _app(registry: CollectorRegistry, beat_age: Callable[[], float], max_age: float) -> Any:
+    """`/healthz` (liveness: has the work loop or the job heartbeat ticked lately? no
+    Redis or DB call, so a slow Redis cannot get the pod killed) and `/metrics`."""
+    metrics_app = make_wsgi_app(registry)
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        if environ.get("PATH_INFO") == "/healthz":
+            age = beat_age()
+            ok = age <= max_age
+            body = json.dumps({"status": "ok" if ok else "stale", "last_beat_age_s": round(age, 1),
+                               "max_age_s": max_age}).encode()
+            start_response("200 OK" if ok else "503 Service Unavailable",
+                           [("Content-Type", "application/json")])
+            return [body]
+        result: list[bytes] = metrics_app(environ, start_response)
+        return result
+
+    return app
+
+
+def start_worker_metrics(
+    settings: Settings, runtime: Runtime, beat_age: Callable[[], float] = lambda: 0.0
+) -> WorkerMetrics:
+    """Record metrics, and serve them (and `/healthz`) on WORKER_METRICS_PORT unless it
+    is 0 or taken."""
     metrics = WorkerMetrics(CollectorRegistry(), runtime)
     port = settings.worker_metrics_port
     if port == 0:
         log.info("worker.metrics disabled (WORKER_METRICS_PORT=0)")
         return metrics
     try:
-        start_http_server(port, addr=settings.worker_metrics_host, registry=metrics.registry)
+        max_age = 3.0 * max(settings.worker_maintenance_interval, settings.job_monitoring_interval)
+        server = make_server(settings.worker_metrics_host, port,
+                             _app(metrics.registry, beat_age, max_age),
+                             ThreadingWSGIServer, handler_class=_SilentHandler)
+        threading.Thread(target=server.serve_forever, name="sluice-metrics", daemon=True).start()
     except OSError as err:
         # A second worker on one machine with the same port: keep working, say so.
         log.warning("worker.metrics_not_served port=%d error=%s", port, err)

@@ -31,23 +31,23 @@ def test_redis_outage_loses_no_acknowledged_upload(fault_stack: FaultStack, web:
     (worker,) = fault_stack.live_workers()
     with fault_stack.client(user) as client, fault_stack.client(user) as upload_client:
         # One long job keeps the worker busy, so the next files wait in the queue.
-        long = record(client, "long.txt", long_text(60))
+        long = record(client, "long.txt", long_text(40))
         assert long.status == 202, long
         wait_until(lambda: client.get(f"/api/v1/files/{long.file_id}").json()["stage"] == "embed",
                    60, "the long job to be embedding")
         queued = [record(client, f"q{i}.txt", f"queued {i} {long.file_id}".encode())
-                  for i in range(10)]
+                  for i in range(6)]
         assert all(a.status == 202 for a in queued), queued
 
-        uploader = Uploader(upload_client, "during")
+        uploader = Uploader(upload_client, "during", pause=0.3)
         uploader.start()
         wait_until(lambda: len(uploader.answers) >= 3, 30, "uploads before the outage")
         fault_stack.redis.stop()
         try:
             before = len(uploader.answers)
             wait_until(lambda: len(uploader.answers) >= before + 5, 60, "uploads during the outage")
-            ready = client.get("/readyz")
-            assert ready.status_code == 503 and ready.json()["checks"]["redis"] != "ok"
+            during = uploader.answers[before:before + 5]
+            assert client.get("/readyz").json()["checks"]["redis"] != "ok"  # reported
             # Postgres holds the truth: reading state needs no Redis.
             assert client.get(f"/api/v1/files/{long.file_id}").status_code == 200
             # The running job ends while Redis is still down (its result is in Postgres).
@@ -61,8 +61,9 @@ def test_redis_outage_loses_no_acknowledged_upload(fault_stack: FaultStack, web:
 
         bad = [a for a in answers if a.status != 202 and not a.clean_503]
         assert not bad, bad
+        # Postgres alone acknowledges an upload: the file waits `queued` for the reconciler.
+        assert all(a.status == 202 for a in during), during
         acknowledged = [a.file_id for a in [long, *queued, *answers] if a.file_id]
-        assert len(acknowledged) >= len(queued) + 10
         for fid in acknowledged:
             body = wait_for_status(client, fid, timeout=120)
             assert body["status"] == "done", body

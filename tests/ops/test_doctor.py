@@ -143,3 +143,11 @@ def test_unreachable_servers_are_skipped_not_fatal() -> None:
     checks = by_name(run_checks(gather(args(), env)))
     assert checks["postgres.live"].verdict == "SKIP" and "not reachable" in checks["postgres.live"].detail
     assert checks["redis.live"].verdict == "SKIP" and "not reachable" in checks["redis.live"].detail
+
+
+def test_the_prod_overlay_renders_and_fits() -> None:
+    prod = Path(__file__).resolve().parents[2] / "deploy" / "kustomize" / "overlays" / "prod"
+    checks = offline("--overlay", str(prod))
+    budget = checks["postgres.connection_budget"]
+    assert budget.verdict in ("OK", "WARN") and "declared by the overlay" in budget.detail, budget
+    assert exit_code(list(checks.values())) == 0, [c for c in checks.values() if c.verdict == "CRITICAL"]

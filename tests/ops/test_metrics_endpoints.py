@@ -148,3 +148,12 @@ def test_rejected_retried_and_failed_outcomes_are_counted(
     wait_until(lambda: grew("rejected", 1), 10, "rejected counted")
     wait_until(lambda: grew("retried", settings.job_max_retries), 10, "retries counted")
     wait_until(lambda: grew("failed", 1), 10, "final failure counted")
+
+
+def test_worker_healthz_reports_a_fresh_heartbeat(stack: Stack) -> None:
+    url = stack.worker_metrics_url.rsplit("/", 1)[0] + "/healthz"
+    r = httpx.get(url, timeout=5)
+    assert r.status_code == 200
+    body = r.json()
+    assert body["status"] == "ok"
+    assert 0 <= body["last_beat_age_s"] <= body["max_age_s"]

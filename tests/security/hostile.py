@@ -6,6 +6,7 @@ claims to expand to.
 
 from __future__ import annotations
 
+import functools
 import io
 import zipfile
 import zlib
@@ -16,6 +17,7 @@ from pathlib import Path
 import docx
 
 MB = 1024 * 1024
+"""The expensive builders are cached: bytes are immutable and both test modules use them."""
 
 # --- PDF --------------------------------------------------------------------
 
@@ -52,6 +54,7 @@ def text_page(contents: bytes, font: int) -> bytes:
     )
 
 
+@functools.cache
 def deflated_zeros(size: int) -> bytes:
     """zlib level 9 of `size` zero bytes (~1000:1), built 1 MB at a time."""
     compressor = zlib.compressobj(9)
@@ -60,6 +63,7 @@ def deflated_zeros(size: int) -> bytes:
     return b"".join([*parts, compressor.flush()])
 
 
+@functools.cache
 def pdf_flate_bomb(expands_to: int = 400 * MB) -> bytes:
     """One page whose FlateDecode content stream inflates to `expands_to` bytes."""
     return build_pdf([
@@ -68,6 +72,7 @@ def pdf_flate_bomb(expands_to: int = 400 * MB) -> bytes:
     ])
 
 
+@functools.cache
 def pdf_stream_array_bomb(streams: int = 12, each: int = 70 * MB) -> bytes:
     """A content array of streams, each under pypdf's 75 MB per-stream limit (840 MB in all)."""
     data = deflated_zeros(each)
@@ -148,6 +153,7 @@ def docx_bytes(paragraphs: list[str]) -> bytes:
     return buf.getvalue()
 
 
+@functools.cache
 def ooxml_zip_bomb(kind: str, expands_to: int = 300 * MB) -> bytes:
     """An Office container whose main part is `expands_to` zero bytes (~1000:1)."""
     buf = io.BytesIO()
@@ -162,6 +168,7 @@ def ooxml_zip_bomb(kind: str, expands_to: int = 300 * MB) -> bytes:
     return buf.getvalue()
 
 
+@functools.cache
 def zip_with_entries(count: int = 10_001) -> bytes:
     """A docx-looking ZIP with more entries than any real document has."""
     buf = io.BytesIO()
@@ -172,6 +179,7 @@ def zip_with_entries(count: int = 10_001) -> bytes:
     return buf.getvalue()
 
 
+@functools.cache
 def docx_with_lying_sizes(real_size: int = 300 * MB, claimed: int = 2048) -> bytes:
     """A real DOCX whose word/document.xml inflates to `real_size` bytes while both
     its local header and the central directory claim `claimed` bytes, so the

@@ -34,7 +34,9 @@ async def _listen(url: str, key: str, got: list[dict[str, object]], ready: async
 
 
 def _subscription_clients(redis: Redis) -> int:
-    return sum(1 for c in redis.client_list() if c.get("name") == "sluice-webui-events")
+    """Connections of the webui's async pool that hold a pub/sub subscription."""
+    return sum(1 for c in redis.client_list()
+               if c.get("name") == "sluice-webui-async" and int(c.get("sub", 0)) > 0)
 
 
 def test_200_clients_share_one_subscription_and_see_only_their_events(

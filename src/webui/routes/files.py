@@ -67,6 +67,7 @@ async def upload_file(
     quota = settings.user_quota_mb * 1024 * 1024
     if await _stored_bytes(session, owner_id) >= quota:
         raise _over_quota(settings.user_quota_mb)
+    await session.commit()  # no pooled connection held while the body streams in
     async with upload_slot(state.aredis, owner_id, settings.uploads_in_flight_per_user):
         received = await receive_upload(
             request, settings.upload_dir, settings.max_upload_bytes, settings.upload_max_parts

@@ -95,28 +95,35 @@ def _reject_on_failure(
 
 
 def _pdf_hostile_reason(exc: Exception) -> str | None:
-    """A reason for pypdf's safety checks, which otherwise read as "damaged".
+    """A reason for a decompression bomb or a reference loop, which pypdf stops
+    (``LimitReachedError`` past its 75 MB ``ZLIB_MAX_OUTPUT_LENGTH``; Kids and
+    Parent cycle checks) but which would otherwise read as "damaged".
 
-    pypdf stops decompression bombs (``LimitReachedError`` past its 75 MB
-    ``ZLIB_MAX_OUTPUT_LENGTH``) and reference loops (Kids/Parent cycles) with
-    exceptions whose only distinguishing mark is the message, so we match
-    on that and fall back to the generic reason when pypdf rewords it.
+    The message is their only distinguishing mark, so we match on it; if pypdf
+    rewords one, the file is still rejected, only with the generic reason.
     """
     message = str(exc).lower()
     if "cycl" in message or "loop" in message:
         return "PDF contains a reference loop (an object that refers back to itself)"
+    if isinstance(exc, LimitReachedError) and ("decompress" in message or "output" in message):
+        return (
+            "PDF contains a compressed stream that expands beyond the safety limit "
+            "(a decompression bomb)"
+        )
+    return None
+
+
+def _pdf_failure_reason(exc: Exception) -> str | None:
+    """Bombs and loops, or any other of pypdf's safety limits."""
+    if hostile := _pdf_hostile_reason(exc):
+        return hostile
     if isinstance(exc, LimitReachedError):
-        if "decompress" in message or "output" in message:
-            return (
-                "PDF contains a compressed stream that expands beyond the safety limit "
-                "(a decompression bomb)"
-            )
         return "PDF exceeds a safety limit of the PDF reader"
     return None
 
 
 def _extract_pdf(path: Path) -> str:
-    with _reject_on_failure("PDF", _pdf_hostile_reason):
+    with _reject_on_failure("PDF", _pdf_failure_reason):
         reader = PdfReader(path)
         if reader.is_encrypted:
             try:
@@ -130,6 +137,7 @@ def _extract_pdf(path: Path) -> str:
         raise DocumentRejected(f"PDF has {count} pages; at most {MAX_PDF_PAGES} are supported")
     texts: list[str] = []
     failures = 0
+    last_reason: str | None = None
     for index in range(count):
         try:
             texts.append(reader.pages[index].extract_text() or "")
@@ -145,8 +153,9 @@ def _extract_pdf(path: Path) -> str:
             if hostile:  # ...but a bomb or a loop is an attack, not damage
                 raise DocumentRejected(hostile) from None
             failures += 1
+            last_reason = _pdf_failure_reason(exc)
     if failures and failures == count:
-        raise DocumentRejected("PDF could not be read; every page is damaged")
+        raise DocumentRejected(last_reason or "PDF could not be read; every page is damaged")
     return "\n\n".join(texts)
 
 
