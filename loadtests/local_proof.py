@@ -58,7 +58,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="chunks bulk-loaded for the bulk user before the runs (0: none)")
     p.add_argument("--drain-timeout", type=float,
                    help="longest wait for the queue to drain after the shape (s; default "
-                   "300, 180 with --compare)")
+                   "300, 150 with --compare)")
     p.add_argument("--pg-max-connections", type=int, default=100,
                    help="Postgres max_connections (default 100, the stock PostgreSQL value)")
     p.add_argument("--out", type=Path, help="report folder (default loadtests/reports/<time>)")
@@ -70,7 +70,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.scale is None:
         args.scale = 0.5 if args.compare else 1.0
     if args.drain_timeout is None:
-        args.drain_timeout = 180.0 if args.compare else 300.0
+        args.drain_timeout = 150.0 if args.compare else 300.0
     return args
 
 
@@ -155,13 +155,16 @@ def run_once(servers: Servers, root: Path, out: Path, label: str, workers: int,
     settings = servers.settings(**{k.lower(): v for k, v in overrides.items()})
     with servers.connect() as pg:
         chunks_before = pg.execute("SELECT count(*) FROM chunks").fetchone()[0]  # type: ignore[index]
+    nullpool = overrides.get("DATABASE_POOL_SIZE") == "0"
     facts: dict[str, Any] = {
         "label": label, "workers": workers, "overrides": overrides, "stages": stages,
-        "users": n_users, "chunks_before": chunks_before, "pg_max_connections":
-        servers.max_connections, "webui_pool": None if overrides.get("DATABASE_POOL_SIZE") == "0"
+        "users": n_users, "upload_interval": args.upload_interval,
+        "chunks_before": chunks_before, "pg_max_connections": servers.max_connections,
+        "webui_pool": None if nullpool
         else settings.database_pool_size + settings.database_pool_max_overflow,
-        "worker_pool": settings.worker_db_pool_size, "redis_max_connections":
-        settings.redis_max_connections, "nullpool_shim": app.nullpool_shim,
+        "worker_pool": settings.worker_db_pool_size,
+        "redis_max_connections": settings.redis_max_connections,
+        "nullpool_shim": app.nullpool_shim,
     }
     locust: Child | None = None
     sampler: Sampler | None = None

@@ -125,11 +125,18 @@ def _on_init(environment: Environment, **_: Any) -> None:
 
 @events.request.add_listener
 def _on_request(request_type: str, name: str, response_time: float, exception: Any,
-                start_time: float | None = None, **_: Any) -> None:
+                start_time: float | None = None, response: Any = None, **_: Any) -> None:
     t = _shape.get_run_time() if _shape is not None else 0.0
+    took = None  # the server's own time for a search (query encoding + SQL)
+    if name.startswith("POST /search") and exception is None and response is not None:
+        try:
+            took = response.json().get("took_ms")
+        except (ValueError, AttributeError):
+            pass
     REQUESTS.write(t=start_time or time.time(), name=name, ms=round(response_time, 2),
                    ok=exception is None, err=str(exception)[:200] if exception else None,
-                   stage=stage_at(t) if _shape is not None else "all", run=RUN_LABEL)
+                   stage=stage_at(t) if _shape is not None else "all", run=RUN_LABEL,
+                   took_ms=took)
 
 
 @events.test_stop.add_listener

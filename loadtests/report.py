@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import plots
-from summary import load_run, summarize
+from summary import load_run, processing_by_file, summarize
 
 SETUP_NAMES = {"seed": "(a) seed setup", "defaults": "(b) Sluice defaults"}
 
@@ -47,6 +47,7 @@ def key_rows(s: dict[str, Any]) -> list[tuple[str, float | None, str]]:
     add(f"upload p99 at {top}", s["upload"][top]["p99"], _ms)
     add("search (own files) p50", s["search"]["own"]["p50"], _ms)
     add("search (own files) p95", s["search"]["own"]["p95"], _ms)
+    add("search (own files) server time p50 (took_ms)", s["search"]["own"]["server_p50"], _ms)
     add(f"search (bulk corpus) p95 at {top}", s["search_top"]["bulk"]["p95"], _ms)
     add("search errors (incl. 0-hit and not-found checks)",
         sum(v["errors"] for v in s["search"].values()))
@@ -64,7 +65,11 @@ def key_rows(s: dict[str, Any]) -> list[tuple[str, float | None, str]]:
     add("webui DB pool timeouts (/metrics)", wm.get("pool_timeouts"))
     add("peak Redis clients (Sluice)", s.get("redis_peak"))
     add("peak queue depth (jobs waiting)", s.get("queue_peak"))
-    add("drain time after the shape", s.get("drain_s"), _s)
+    if s.get("drained"):
+        add("drain time after the shape", s.get("drain_s"), _s)
+    else:
+        rows.append(("drain time after the shape", None,
+                     f"not drained ({s.get('pending_at_end')} pending when cut off)"))
     tp = s.get("throughput", {})
     add("ingest throughput (chunks/s, first start → last finish)", tp.get("chunks_s"),
         lambda v: _n(v, "{:.1f}"))
@@ -93,20 +98,27 @@ def _run_section(s: dict[str, Any], facts: dict[str, Any]) -> list[str]:
               "`engine.pool.checkedout()`, which NullPool lacks); the shim gives NullPool a "
               "`checkedout()` returning 0, so only the published `db_checked_out` fact is "
               "affected.", ""]
-    L += ["| stage | uploads | errors | p50 | p95 | p99 | max |", "|---|---|---|---|---|---|---|"]
-    for stage, v in s["upload"].items():
-        L.append(f"| {stage} | {v['n']} | {v['errors']} | {_ms(v['p50'])} | {_ms(v['p95'])} | "
-                 f"{_ms(v['p99'])} | {_ms(v['max'])} |")
-    L += ["", f"| request | n | errors | p50 | p95 | p99 | p95 at {s['top_stage']} |",
+    interval = float(facts.get("upload_interval") or 300)
+    expected = {f"{u} users": (u * h + (u + p) / 2 * r) / interval
+                for (u, r, h), p in zip(facts["stages"], [0] + [u for u, _, _ in facts["stages"]],
+                                        strict=False)}
+    L += ["| stage | uploads (expected) | errors | p50 | p95 | p99 | max |",
           "|---|---|---|---|---|---|---|"]
+    for stage, v in s["upload"].items():
+        exp = f" ({expected[stage]:.0f})" if stage in expected else ""
+        L.append(f"| {stage} | {v['n']}{exp} | {v['errors']} | {_ms(v['p50'])} | "
+                 f"{_ms(v['p95'])} | {_ms(v['p99'])} | {_ms(v['max'])} |")
+    L += ["", f"| request | n | errors | p50 | p95 | p99 | p95 at {s['top_stage']} | "
+          "server took_ms p50 / p95 |", "|---|---|---|---|---|---|---|---|"]
     for k, name in (("own", "search, own files"), ("bulk", "search, bulk corpus"),
                     ("check", "search, just-done check")):
         v, top = s["search"][k], s["search_top"][k]
         L.append(f"| {name} | {v['n']} | {v['errors']} | {_ms(v['p50'])} | {_ms(v['p95'])} | "
-                 f"{_ms(v['p99'])} | {_ms(top['p95'])} |")
+                 f"{_ms(v['p99'])} | {_ms(top['p95'])} | {_ms(v['server_p50'])} / "
+                 f"{_ms(v['server_p95'])} |")
     p = s["poll"]
     L.append(f"| status poll | {p['n']} | {p['errors']} | {_ms(p['p50'])} | {_ms(p['p95'])} | "
-             f"{_ms(p['p99'])} | |")
+             f"{_ms(p['p99'])} | | |")
     e, tp = s["end"], s.get("throughput", {})
     L += ["", f"- Acknowledged uploads: {s['acked']} ({s['bytes_acked'] / 1e6:.1f} MB); at the end "
           f"done {e['done']}, failed {e['failed']}, still queued/processing {e['pending']}, "
@@ -138,9 +150,14 @@ def _run_section(s: dict[str, Any], facts: dict[str, Any]) -> list[str]:
           f"{s.get('redis_peak_by_name')} (REDIS_MAX_CONNECTIONS {facts['redis_max_connections']} "
           f"per process).",
           f"- Queue: peak {s.get('queue_peak')} waiting, {s.get('backlog_peak')} incl. in progress"
-          f" and retry waits; drained {_s(s.get('drain_s'))} after the shape ended"
-          + ("" if s.get("drain_s") is not None else " — NOT drained within the drain timeout")
-          + ".",
+          " and retry waits; " + (
+              f"the last file finished {_s(s.get('drain_s'))} after the shape ended"
+              + (" (after the drain deadline: the job in progress then was finished by the "
+                 "worker's warm shutdown)" if s.get("drained_late") else "")
+              if s.get("drained") else
+              f"NOT drained: {s.get('pending_at_end')} files were still queued or processing "
+              f"after the workers were stopped {facts['t_drain_deadline'] - facts['t_locust_end']:.0f}"
+              " s after the shape (the run was cut off; nothing failed)") + ".",
           f"- Machine: load average min/mean/max {_n(s.get('load1', {}).get('min'), '{:.2f}')} / "
           f"{_n(s.get('load1', {}).get('mean'), '{:.2f}')} / "
           f"{_n(s.get('load1', {}).get('max'), '{:.2f}')}; mean cores busy "
@@ -186,6 +203,12 @@ def write(out: Path, meta: dict[str, Any]) -> Path:
               "|---|---|---|---|"]
         L += [f"| {ra[0]} | {ra[2]} | {rb[2]} | {_ratio(ra[1], rb[1])} |"
               for ra, rb in zip(a, b, strict=True)]
+        pa, pb = (processing_by_file(data) for _, data in runs)
+        same = sorted(set(pa) & set(pb))
+        if same:
+            ratios = sorted(pb[f] / pa[f] for f in same if pa[f] > 0)
+            L.append(f"| job processing time of the same files ({len(same)} files), median "
+                     f"of b/a | | | {ratios[len(ratios) // 2]:.2f}× |")
         L.append("")
     else:
         L += ["## Key numbers", "", "| metric | value |", "|---|---|"]

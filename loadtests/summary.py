@@ -30,8 +30,20 @@ def pct(values: list[float], q: float) -> float | None:
 
 def latency(reqs: list[dict[str, Any]]) -> dict[str, Any]:
     ok = [r["ms"] for r in reqs if r["ok"]]
+    took = [r["took_ms"] for r in reqs if r["ok"] and r.get("took_ms") is not None]
     return {"n": len(reqs), "errors": sum(not r["ok"] for r in reqs), "p50": pct(ok, 50),
-            "p95": pct(ok, 95), "p99": pct(ok, 99), "max": max(ok) if ok else None}
+            "p95": pct(ok, 95), "p99": pct(ok, 99), "max": max(ok) if ok else None,
+            "server_p50": pct(took, 50), "server_p95": pct(took, 95)}
+
+
+def processing_by_file(data: dict[str, Any]) -> dict[str, float]:
+    """Processing time (finished − started) of each done upload, by corpus file name."""
+    out = {}
+    for e in data["ledger"]:
+        row = data["files"].get(e.get("id")) if e["event"] == "ack" else None
+        if row and row["status"] == "done":
+            out[e["file"]] = row["finished"] - row["started"]
+    return out
 
 
 def load_run(run_dir: Path) -> dict[str, Any]:
@@ -99,6 +111,7 @@ def summarize(data: dict[str, Any], facts: dict[str, Any]) -> dict[str, Any]:
                            "files_s": len(done_rows) / max(span, 1e-9), "span_s": span,
                            "processing_share": sum(procs) / (facts["workers"] * max(span, 1e-9))}
     s.update(_from_samples(samples, facts))
+    drain(s, files, facts)
     return s
 
 
@@ -169,6 +182,19 @@ def _from_samples(samples: list[dict[str, Any]], facts: dict[str, Any]) -> dict[
         }
     budget = facts["webui_pool"]
     out["budget"] = None if budget is None else budget + facts["workers"] * facts["worker_pool"]
-    if facts.get("t_drained"):
-        out["drain_s"] = facts["t_drained"] - facts["t_locust_end"]
     return out
+
+
+def drain(s: dict[str, Any], files: dict[str, dict[str, Any]], facts: dict[str, Any]) -> None:
+    """When the last file of the run finished, counted from the end of the shape.
+
+    Read from the files table, not from the drain loop: a worker stopped at the drain
+    deadline still finishes its current job (RQ's warm shutdown).
+    """
+    pending = [f for f in files.values() if f["status"] in ("queued", "processing")]
+    finished = [f["finished"] for f in files.values() if f["finished"]]
+    s["drained"] = not pending
+    s["pending_at_end"] = len(pending)
+    if not pending and finished:
+        s["drain_s"] = max(max(finished) - facts["t_locust_end"], 0.0)
+        s["drained_late"] = max(finished) > facts["t_drain_deadline"]

@@ -1,4 +1,4 @@
-"""The `sluice` command: up, migrate, webui, worker, keys, reconcile, doctor, capacity."""
+"""The `sluice` command: up, migrate, webui, worker, keys, reconcile, doctor, capacity, build-onnx."""
 
 from __future__ import annotations
 
@@ -106,6 +106,19 @@ def _reconcile(settings: Settings, _: argparse.Namespace) -> int:
     return 0
 
 
+def _build_onnx(settings: Settings, args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from shared.embedding import model_path
+    from shared.embedding_onnx import ensure_graph, onnx_cache_dir
+
+    cache = Path(args.cache_dir) if args.cache_dir else onnx_cache_dir(settings)
+    for quantized in {"onnx": [False], "onnx-int8": [True], "all": [False, True]}[args.backend]:
+        path, built = ensure_graph(model_path(settings), cache, quantized=quantized)
+        print(f"{path}  ({'built' if built else 'already there'})")
+    return 0
+
+
 def _up(_: Settings | None, args: argparse.Namespace) -> int:
     from shared.up import run_up
 
@@ -146,6 +159,11 @@ def build_parser() -> argparse.ArgumentParser:
     wk.add_argument("--share-cpus", type=int, default=1,
                     help="processes sharing this machine's CPUs (sizes torch threads)")
     wk.set_defaults(func=_worker)
+
+    bo = sub.add_parser("build-onnx", help="export the model to ONNX (fp32 and int8) into the cache")
+    bo.add_argument("--backend", choices=["onnx", "onnx-int8", "all"], default="all")
+    bo.add_argument("--cache-dir", help="default: EMBEDDING_CACHE_DIR")
+    bo.set_defaults(func=_build_onnx)
 
     users = sub.add_parser("users", help="user accounts")
     usub = users.add_subparsers(dest="users_cmd", required=True)

@@ -167,7 +167,9 @@ def _torch_reference(model_dir: Path) -> tuple[Any, np.ndarray]:
     import torch
     from sentence_transformers import SentenceTransformer
     from transformers import AutoModel
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
     model = AutoModel.from_pretrained(
         str(model_dir), local_files_only=True, attn_implementation="eager"
     ).eval()
@@ -323,11 +325,14 @@ class _OnnxRunner:
             "attention_mask": mask,
             "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64),
         }
-        hidden = self.session.run(None, {k: v for k, v in feeds.items() if k in self.inputs})[0]
+        hidden: np.ndarray = self.session.run(
+            None, {k: v for k, v in feeds.items() if k in self.inputs}
+        )[0]
         weights = mask[..., None].astype(np.float32)
         pooled = (hidden * weights).sum(axis=1) / np.clip(weights.sum(axis=1), 1e-9, None)
         norms = np.linalg.norm(pooled, axis=1, keepdims=True)
-        return (pooled / np.clip(norms, 1e-12, None)).astype(np.float32)
+        out: np.ndarray = (pooled / np.clip(norms, 1e-12, None)).astype(np.float32)
+        return out
 
 
 def _model_facts(model_dir: Path) -> tuple[int, int]:

@@ -96,6 +96,8 @@ class File(Base):
     stage: Mapped[str | None] = mapped_column(String(16))
     progress: Mapped[float] = mapped_column(Float, default=0.0)
     embedding_model: Mapped[str | None] = mapped_column(String(200))
+    # Backend that embedded this file's chunks (same transaction); NULL = before 0002 = torch.
+    embedding_backend: Mapped[str | None] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=_now(), onupdate=_now()
@@ -125,6 +127,8 @@ class Chunk(Base):
     text: Mapped[str] = mapped_column(Text)
     token_count: Mapped[int] = mapped_column(Integer)
     embedding: Mapped[Any] = mapped_column(Vector(EMBEDDING_DIM))
+    # torch | onnx | onnx-int8 (shared/embedding.py): search refuses another space.
+    embedding_backend: Mapped[str] = mapped_column(String(16), server_default="torch")
 
 
 class AppConfig(Base):

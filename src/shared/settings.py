@@ -64,6 +64,13 @@ class Settings(BaseSettings):
         default="", description="local model folder; empty = the packaged all-MiniLM-L6-v2"
     )
     embedding_dim: int = Field(default=384, ge=1, le=16_000)
+    # Same model files, three runtimes (see shared/embedding.py and the README's
+    # "Embedding backends"): worker and webui must agree; search refuses chunks
+    # embedded in another space.
+    embedding_backend: Literal["torch", "onnx", "onnx-int8"] = "torch"
+    embedding_cache_dir: str = Field(
+        default="", description="ONNX graphs; empty = $XDG_CACHE_HOME or ~/.cache, /sluice/onnx"
+    )
     chunk_size: int = Field(default=256, ge=16, le=8_192)
     chunk_overlap: int = Field(default=32, ge=0, le=4_096)
     embed_batch_size: int = Field(default=32, ge=1, le=1_024)

@@ -14,7 +14,7 @@ from prometheus_fastapi_instrumentator import Instrumentator
 from starlette.concurrency import run_in_threadpool
 
 from shared.db import async_session_factory, create_webui_engine, pool_limit
-from shared.embedding import Embedder, model_path
+from shared.embedding import load_embedder
 from shared.metrics_queue import process_metrics
 from shared.queue import make_queue
 from shared.redis_pool import create_async_redis, create_redis
@@ -36,7 +36,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         engine = create_webui_engine(settings)
         redis = create_redis(settings, "webui")
-        embedder = await run_in_threadpool(Embedder, model_path(settings), threads=1)
+        embedder = await run_in_threadpool(load_embedder, settings, 1)
         await run_in_threadpool(embedder.warm_up)
         settings.upload_dir.mkdir(parents=True, exist_ok=True)
         aredis = create_async_redis(settings, "webui")
@@ -51,7 +51,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             registry, engine=engine.sync_engine, db_limit=pool_limit(settings, "webui"),
             redis=redis, aredis=aredis, queue=app.state.sluice.queue, settings=settings,
         )
-        log.info("webui.ready model=%s model_load=%.2fs", embedder.name, embedder.load_seconds)
+        log.info("webui.ready model=%s backend=%s model_load=%.2fs", embedder.name,
+                 embedder.backend, embedder.load_seconds)
         try:
             yield
         finally:

@@ -27,6 +27,9 @@ class FileRead(BaseModel):
     stage: str | None
     progress: float
     embedding_model: str | None
+    embedding_backend: str | None = Field(
+        default=None, description="torch | onnx | onnx-int8; null before it was recorded (torch)"
+    )
     created_at: datetime
     updated_at: datetime
     queued_at: datetime | None

@@ -111,12 +111,14 @@ def _run_pipeline(rt: Runtime, session: Session, file: File) -> dict[str, object
         log.info("file.skipped file_id=%s reason=deleted_during_processing", fid)
         return {"file_id": str(fid), "skipped": "deleted"}
     count = replace_chunks(
-        session, file_id=fid, owner_id=owner_id, chunks=chunks, vectors=vectors
+        session, file_id=fid, owner_id=owner_id, chunks=chunks, vectors=vectors,
+        embedding_backend=embedder.backend,
     )
     locked.status = FileStatus.done.value
     locked.stage, locked.progress, locked.error = None, 1.0, None
     locked.chunk_count = count
     locked.embedding_model = embedder.name
+    locked.embedding_backend = embedder.backend
     locked.finished_at = datetime.now(UTC)
     session.commit()
     timings["store"] = time.perf_counter() - t

@@ -19,8 +19,9 @@ from rq import Queue
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from shared import embedding
 from shared.db import create_worker_engine, sync_session_factory
-from shared.embedding import Embedder, embed_threads, model_path
+from shared.embedding import Embedder, embed_threads
 from shared.models import AppConfig
 from shared.queue import make_queue
 from shared.redis_pool import create_redis
@@ -71,6 +72,7 @@ class Runtime:
         return {
             "pid": str(os.getpid()),
             "model": self.embedder.name,
+            "embedding_backend": self.embedder.backend,
             "model_loads": str(self.counters["model_loads"]),
             "config_loads": str(self.counters["config_loads"]),
             "embed_threads": str(self.embedder.threads),
@@ -96,9 +98,7 @@ def load_app_config(session_factory: sessionmaker[Session]) -> dict[str, Any]:
 
 
 def load_embedder(settings: Settings, processes_sharing_cpus: int = 1) -> Embedder:
-    return Embedder(
-        model_path(settings), threads=embed_threads(settings, processes_sharing_cpus)
-    )
+    return embedding.load_embedder(settings, embed_threads(settings, processes_sharing_cpus))
 
 
 def boot(settings: Settings, processes_sharing_cpus: int = 1) -> Runtime:
@@ -127,9 +127,9 @@ def boot(settings: Settings, processes_sharing_cpus: int = 1) -> Runtime:
     runtime.counters["config_loads"] = 1
     _runtime = runtime
     log.info(
-        "worker.boot model=%s dim=%d threads=%d model_load=%.2fs warm_up=%.2fs "
+        "worker.boot model=%s backend=%s dim=%d threads=%d model_load=%.2fs warm_up=%.2fs "
         "config=%s total=%.2fs",
-        embedder.name, embedder.dim, embedder.threads, embedder.load_seconds, warm,
+        embedder.name, embedder.backend, embedder.dim, embedder.threads, embedder.load_seconds, warm,
         config, time.perf_counter() - started,
     )
     return runtime

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 
 from faults.conftest import FaultStack, WebUI, long_text, unavailable
@@ -32,14 +34,15 @@ def test_postgres_outage_answers_503_then_recovers_without_leaks(
 ) -> None:
     user = fault_stack.user()
     (worker,) = fault_stack.live_workers()
-    with fault_stack.client(user) as client, fault_stack.client(user) as upload_client:
+    with contextlib.ExitStack() as cleanup:
+        client = cleanup.enter_context(fault_stack.client(user))
+        upload_client = cleanup.enter_context(fault_stack.client(user))
         long = record(client, "long.txt", long_text(60))
         assert long.status == 202, long
         fid = long.file_id
         wait_until(lambda: client.get(f"/api/v1/files/{fid}").json()["stage"] == "embed",
                    60, "the long job to be embedding")
-        uploader = Uploader(upload_client, "load")
-        uploader.start()
+        uploader = cleanup.enter_context(Uploader(upload_client, "load"))
         wait_until(lambda: len(uploader.answers) >= 3, 30, "uploads before the outage")
 
         fault_stack.postgres.stop()

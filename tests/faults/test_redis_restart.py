@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 
 from faults.conftest import FaultStack, WebUI, long_text
@@ -29,7 +31,9 @@ def web(fault_stack: FaultStack) -> WebUI:
 def test_redis_outage_loses_no_acknowledged_upload(fault_stack: FaultStack, web: WebUI) -> None:
     user = fault_stack.user()
     (worker,) = fault_stack.live_workers()
-    with fault_stack.client(user) as client, fault_stack.client(user) as upload_client:
+    with contextlib.ExitStack() as cleanup:
+        client = cleanup.enter_context(fault_stack.client(user))
+        upload_client = cleanup.enter_context(fault_stack.client(user))
         # One long job keeps the worker busy, so the next files wait in the queue.
         long = record(client, "long.txt", long_text(40))
         assert long.status == 202, long
@@ -39,8 +43,7 @@ def test_redis_outage_loses_no_acknowledged_upload(fault_stack: FaultStack, web:
                   for i in range(6)]
         assert all(a.status == 202 for a in queued), queued
 
-        uploader = Uploader(upload_client, "during", pause=0.3)
-        uploader.start()
+        uploader = cleanup.enter_context(Uploader(upload_client, "during", pause=0.3))
         wait_until(lambda: len(uploader.answers) >= 3, 30, "uploads before the outage")
         fault_stack.redis.stop()
         try:

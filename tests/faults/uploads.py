@@ -68,3 +68,11 @@ class Uploader(threading.Thread):
         self.join(60)
         assert not self.is_alive(), "the uploader hung"
         return self.answers
+
+    def __enter__(self) -> Uploader:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop_event.set()  # also when the test failed: never outlive its client
+        self.join(60)

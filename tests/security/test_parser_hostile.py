@@ -14,6 +14,7 @@ import pytest
 
 from security import hostile
 from security.hostile import CASES, PASSWD_LINE, Case
+from worker.pipeline import parse as parse_module
 from worker.pipeline.detect import decode_text, detect_type
 from worker.pipeline.errors import DocumentRejected, ParserCrashed
 from worker.pipeline.isolated import _run_child, parse_isolated, start_parser_server
@@ -81,6 +82,22 @@ def test_xxe_is_never_resolved_even_without_the_scan(tmp_path: Path) -> None:
     text = "\n".join(p.text for p in document.paragraphs)
     assert "Visible paragraph before" in text
     assert PASSWD_LINE not in text
+
+
+def test_a_recursion_error_in_beautifulsoup_is_a_clear_rejection(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """lxml caps the depth (see the 100 000-div case), but should BeautifulSoup
+    recurse past Python's limit anyway, the user reads why."""
+
+    def recurse(*_: object, **__: object) -> None:
+        raise RecursionError("maximum recursion depth exceeded")
+
+    monkeypatch.setattr(parse_module, "BeautifulSoup", recurse)
+    path = tmp_path / "deep.html"
+    path.write_bytes(hostile.nested_html(10))
+    with pytest.raises(DocumentRejected, match=r"^HTML is nested too deeply to read$"):
+        parse_module.extract_text(path, "html")
 
 
 def test_a_recursion_error_anywhere_in_the_child_is_a_rejection_not_a_crash() -> None:

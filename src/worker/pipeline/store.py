@@ -20,6 +20,7 @@ def replace_chunks(
     owner_id: uuid.UUID,
     chunks: Sequence[TextChunk],
     vectors: np.ndarray,
+    embedding_backend: str,
 ) -> int:
     """Delete the file's old chunks and bulk-insert the new ones (caller commits)."""
     if len(chunks) != len(vectors):
@@ -32,6 +33,7 @@ def replace_chunks(
                 {
                     "file_id": file_id, "owner_id": owner_id, "idx": i, "text": c.text,
                     "token_count": c.token_count, "embedding": v,
+                    "embedding_backend": embedding_backend,
                 }
                 for i, (c, v) in enumerate(zip(chunks, vectors, strict=True))
             ],
