@@ -7,7 +7,7 @@ WORKERS ?= 1
 PORT ?= 8000
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install system-deps run test check bench loadtest clean
+.PHONY: install system-deps run test check bench eval loadtest clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,10 @@ check: install
 
 bench: install
 	$(PY) loadtests/bench_pipeline.py
+
+# Retrieval quality (recall@10, MRR, HNSW vs exact) per EMBEDDING_BACKEND.
+eval: install
+	$(PY) loadtests/eval_retrieval.py
 
 loadtest: install
 	$(PY) loadtests/local_proof.py --workers $(WORKERS)

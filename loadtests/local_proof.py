@@ -221,6 +221,10 @@ def run_once(servers: Servers, root: Path, out: Path, label: str, workers: int,
             "extract(epoch FROM created_at), extract(epoch FROM started_at), "
             "extract(epoch FROM finished_at) FROM files WHERE owner_id = ANY(%s::uuid[])",
             ([u for u, _ in users],)).fetchall()
+        # Files this run left unfinished would be found by the next run's reconciler (their
+        # bytes are in this run's upload folder): remove them once recorded.
+        pg.execute("DELETE FROM files WHERE owner_id = ANY(%s::uuid[]) AND status IN "
+                   "('queued', 'processing')", ([u for u, _ in users],))
     cols = ["id", "status", "error", "attempts", "chunks", "bytes", "kind", "created", "started",
             "finished"]
     (run_dir / "files.json").write_text(json.dumps(

@@ -26,6 +26,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import tempfile
 import time
 import uuid
@@ -119,12 +120,23 @@ def ensure_graph(model_dir: Path, cache_dir: Path, *, quantized: bool) -> tuple[
     with _locked(folder / ".lock"):
         if target.is_file():  # another process built it while we waited
             return target, False
+        _remove_leftovers(folder)
         fp32 = folder / graph_file(False)
         if not fp32.is_file():
             _build_fp32(model_dir, fp32)
         if quantized:
             _build_int8(model_dir, fp32, target)
     return target, True
+
+
+def _remove_leftovers(folder: Path) -> None:
+    """Temporary files of a builder that died mid-build (we hold the lock: nobody else writes)."""
+    for stale in [*folder.glob(".*.tmp"), *folder.glob(".build-*")]:
+        log.warning("embed.onnx_stale_removed path=%s", stale)
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
 
 
 @contextmanager

@@ -79,7 +79,8 @@ class Runtime:
             "jobs_done": str(self.counters.get("jobs_done", 0)),
             "jobs_failed": str(self.counters.get("jobs_failed", 0)),
             "db_pool_size": str(self.settings.worker_db_pool_size),
-            "db_checked_out": str(self.engine.pool.checkedout()),  # type: ignore[attr-defined]
+            # NullPool (behind PgBouncer) has no checked-out count: nothing is pooled here.
+            "db_checked_out": str(getattr(self.engine.pool, "checkedout", lambda: 0)()),
         }
 
 
