@@ -25,7 +25,7 @@ class AppState:
     aredis: AsyncRedis  # the one async pool: event subscription and per-user limits
     queue: Queue
     embedder: Embedder
-    # Queries are encoded one at a time with one torch thread: the webui's CPU
+    # Queries are encoded one at a time with one intra-op thread: the webui's CPU
     # belongs to request handling, not to a pile of parallel encodes.
     encode_limiter: anyio.CapacityLimiter
     events: EventHub  # the one pub/sub subscription of this process

@@ -19,7 +19,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -178,7 +177,7 @@ def test_concurrent_builds_do_not_race(base_settings: Settings, tmp_path: Path) 
     results = [o for o, _ in outs]
     assert results[0]["path"] == results[1]["path"]
     assert sorted(r["built"] for r in results) == [False, True]
-    waited = [err for o, err in outs if not o["built"]][0]
+    waited = next(err for o, err in outs if not o["built"])
     if "onnx_build_wait" not in waited:  # it started after the build had finished: still fine
         pytest.skip("the builders did not overlap on this run (the race was not exercised)")
     folder = Path(results[0]["path"]).parent
@@ -216,7 +215,7 @@ def test_a_builder_killed_midway_leaves_nothing_usable_behind(
 
 
 @pytest.fixture(scope="module")
-def ingested(stack: Stack, db_engine: Engine) -> Iterator[tuple[ApiUser, str, str]]:
+def ingested(stack: Stack, db_engine: Engine) -> tuple[ApiUser, str, str]:
     """A user with one processed file: (user, file id, a phrase from it)."""
     from conftest import make_user
 
@@ -227,7 +226,7 @@ def ingested(stack: Stack, db_engine: Engine) -> Iterator[tuple[ApiUser, str, st
                       timeout=30) as c:
         file_id = upload(c, "spaces.txt", body.encode(), "text/plain").json()["id"]
         assert wait_for_status(c, file_id)["status"] == "done"
-    yield user, file_id, phrase
+    return user, file_id, phrase
 
 
 async def _search(settings: Settings, user: ApiUser, query: str, backend: str,
@@ -280,8 +279,9 @@ async def test_search_accepts_another_backend_of_the_same_space(
         pytest.skip(f"{stored} is the only backend of its space")
     r = await _search(settings, user, phrase, same[0])
     assert r.status_code == 200, r.text
-    via_stack = httpx.post(f"{stack.url}/api/v1/search", json={"query": phrase},
-                           headers={"Authorization": f"Bearer {user.key}"}, timeout=30)
+    async with httpx.AsyncClient(base_url=stack.url, timeout=30) as c:
+        via_stack = await c.post("/api/v1/search", json={"query": phrase},
+                                 headers={"Authorization": f"Bearer {user.key}"})
     assert via_stack.status_code == 200
     assert r.json()["hits"][0]["file_id"] == via_stack.json()["hits"][0]["file_id"] == file_id
     assert r.json()["hits"][0]["score"] == pytest.approx(via_stack.json()["hits"][0]["score"],
