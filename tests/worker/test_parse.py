@@ -10,39 +10,10 @@ from pathlib import Path
 import docx
 import pytest
 
+from samples import make_pdf
 from worker.pipeline.detect import detect_type
 from worker.pipeline.errors import DocumentRejected
 from worker.pipeline.parse import extract_text, normalize_text
-
-
-def make_pdf(pages: list[list[str]]) -> bytes:
-    """A minimal valid PDF with real Helvetica text, xref offsets computed."""
-    n = len(pages)
-    objects = ["<< /Type /Catalog /Pages 2 0 R >>"]
-    kids = " ".join(f"{3 + 2 * i} 0 R" for i in range(n))
-    objects.append(f"<< /Type /Pages /Kids [{kids}] /Count {n} >>")
-    font_id = 3 + 2 * n
-    for i, lines in enumerate(pages):
-        ops = " ".join(f"({line}) Tj 0 -16 Td" for line in lines)
-        stream = f"BT /F1 12 Tf 72 720 Td {ops} ET" if lines else ""
-        objects.append(
-            f"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents {4 + 2 * i} 0 R "
-            f"/Resources << /Font << /F1 {font_id} 0 R >> >> >>"
-        )
-        objects.append(f"<< /Length {len(stream)} >>\nstream\n{stream}\nendstream")
-    objects.append("<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>")
-    out = bytearray(b"%PDF-1.4\n")
-    offsets = []
-    for number, body in enumerate(objects, start=1):
-        offsets.append(len(out))
-        out += f"{number} 0 obj\n{body}\nendobj\n".encode("latin-1")
-    xref = len(out)
-    out += f"xref\n0 {len(objects) + 1}\n0000000000 65535 f \n".encode()
-    out += "".join(f"{off:010d} 00000 n \n" for off in offsets).encode()
-    out += (
-        f"trailer\n<< /Size {len(objects) + 1} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n".encode()
-    )
-    return bytes(out)
 
 
 def make_docx(path: Path) -> None:
