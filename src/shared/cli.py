@@ -41,52 +41,44 @@ def _worker(settings: Settings, args: argparse.Namespace) -> int:
 
 def _keys(settings: Settings, args: argparse.Namespace) -> int:
     from shared.accounts import create_key, ensure_user, list_keys, revoke_key
-    from shared.db import create_worker_engine, sync_session_factory
+    from shared.db import one_off_session
 
-    engine = create_worker_engine(settings, "cli")
-    try:
-        with sync_session_factory(engine)() as session, session.begin():
-            if args.keys_cmd == "create":
-                user = ensure_user(session, args.email, name=args.name or "", is_admin=args.admin)
-                key = create_key(session, user, name=args.key_name or "")
-                print(key)
-                print(f"(key for {user.email}; it is shown only this once)", file=sys.stderr)
-            elif args.keys_cmd == "list":
-                for k, u in list_keys(session):
-                    state = "revoked" if k.revoked_at else "active"
-                    print(f"{k.prefix}  {u.email:30}  {state:8}  created {k.created_at:%Y-%m-%d}  "
-                          f"last used {k.last_used_at or '-'}")
-            elif args.keys_cmd == "revoke":
-                if not revoke_key(session, args.prefix):
-                    print(f"no key with prefix {args.prefix}", file=sys.stderr)
-                    return 1
-                print(f"revoked {args.prefix}")
-    finally:
-        engine.dispose()
+    with one_off_session(settings) as session:
+        if args.keys_cmd == "create":
+            user = ensure_user(session, args.email, name=args.name or "", is_admin=args.admin)
+            key = create_key(session, user, name=args.key_name or "")
+            print(key)
+            print(f"(key for {user.email}; it is shown only this once)", file=sys.stderr)
+        elif args.keys_cmd == "list":
+            for k, u in list_keys(session):
+                state = "revoked" if k.revoked_at else "active"
+                print(f"{k.prefix}  {u.email:30}  {state:8}  created {k.created_at:%Y-%m-%d}  "
+                      f"last used {k.last_used_at or '-'}")
+        elif args.keys_cmd == "revoke":
+            if not revoke_key(session, args.prefix):
+                print(f"no key with prefix {args.prefix}", file=sys.stderr)
+                return 1
+            print(f"revoked {args.prefix}")
     return 0
 
 
 def _users(settings: Settings, args: argparse.Namespace) -> int:
     from shared.accounts import ensure_user, list_users, set_active
-    from shared.db import create_worker_engine, sync_session_factory
+    from shared.db import one_off_session
 
-    engine = create_worker_engine(settings, "cli")
-    try:
-        with sync_session_factory(engine)() as session, session.begin():
-            if args.users_cmd == "create":
-                user = ensure_user(session, args.email, name=args.name or "", is_admin=args.admin)
-                print(f"{user.id}  {user.email}{'  (admin)' if user.is_admin else ''}")
-            elif args.users_cmd == "list":
-                for u in list_users(session):
-                    flags = ("admin " if u.is_admin else "") + ("" if u.is_active else "disabled")
-                    print(f"{u.id}  {u.email:30}  {u.name:20}  {flags}")
-            elif args.users_cmd in ("disable", "enable"):
-                if not set_active(session, args.email, args.users_cmd == "enable"):
-                    print(f"no user {args.email}", file=sys.stderr)
-                    return 1
-                print(f"{args.users_cmd}d {args.email}")
-    finally:
-        engine.dispose()
+    with one_off_session(settings) as session:
+        if args.users_cmd == "create":
+            user = ensure_user(session, args.email, name=args.name or "", is_admin=args.admin)
+            print(f"{user.id}  {user.email}{'  (admin)' if user.is_admin else ''}")
+        elif args.users_cmd == "list":
+            for u in list_users(session):
+                flags = ("admin " if u.is_admin else "") + ("" if u.is_active else "disabled")
+                print(f"{u.id}  {u.email:30}  {u.name:20}  {flags}")
+        elif args.users_cmd in ("disable", "enable"):
+            if not set_active(session, args.email, args.users_cmd == "enable"):
+                print(f"no user {args.email}", file=sys.stderr)
+                return 1
+            print(f"{args.users_cmd}d {args.email}")
     return 0
 
 
@@ -103,6 +95,7 @@ def _reconcile(settings: Settings, _: argparse.Namespace) -> int:
         print(f"requeued {result.requeued}, failed {result.failed}")
     finally:
         engine.dispose()
+        redis.close()
     return 0
 
 

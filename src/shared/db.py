@@ -9,6 +9,8 @@ across a fork or an event loop. Both carry an `application_name` so
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Literal
 
 from sqlalchemy import Engine, create_engine, make_url
@@ -111,3 +113,15 @@ def async_session_factory(engine: AsyncEngine) -> async_sessionmaker[Any]:
 
 def sync_session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
+
+
+@contextmanager
+def one_off_session(settings: Settings, component: Component = "cli") -> Iterator[Session]:
+    """A session in one transaction on a one-connection engine, disposed afterwards:
+    for short-lived commands (`sluice keys`, `sluice users`, `sluice up`'s admin key)."""
+    engine = create_worker_engine(settings.model_copy(update={"worker_db_pool_size": 1}), component)
+    try:
+        with sync_session_factory(engine)() as session, session.begin():
+            yield session
+    finally:
+        engine.dispose()

@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from shared.embedding import Embedder
+from shared.onnx_runner import OnnxRunner
 from shared.settings import Settings
 
 log = logging.getLogger("sluice.embed")
@@ -291,7 +292,7 @@ def _build_int8(model_dir: Path, fp32: Path, target: Path) -> None:
 
 
 def _check(model_dir: Path, graph: Path, ref: np.ndarray, *, quantized: bool) -> None:
-    runner = _OnnxRunner(model_dir, graph, threads=1)
+    runner = OnnxRunner(model_dir, graph, threads=1)
     got = runner.embed(_PROBE)
     cosine = float((got * ref).sum(axis=1).min())
     if cosine < MIN_PROBE_COSINE[quantized]:
@@ -300,73 +301,6 @@ def _check(model_dir: Path, graph: Path, ref: np.ndarray, *, quantized: bool) ->
             f"{cosine:.5f} < {MIN_PROBE_COSINE[quantized]}"
         )
     log.info("embed.onnx_checked file=%s min_cosine_vs_torch=%.5f", graph.name, cosine)
-
-
-class _OnnxRunner:
-    """Tokenize with the model's tokenizer.json, run the graph, mean-pool, L2-normalise."""
-
-    def __init__(self, model_dir: Path, graph: Path, *, threads: int):
-        import onnxruntime as ort
-        from tokenizers import Tokenizer
-
-        self.max_seq_length, self.dim = _model_facts(model_dir)
-        self.tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
-        # tokenizer.json ships with truncation at 128 and fixed padding: override both
-        # to what sentence-transformers does (truncate at max_seq_length, pad per batch).
-        self.tokenizer.enable_truncation(max_length=self.max_seq_length)
-        pad = self.tokenizer.padding or {}
-        self.tokenizer.enable_padding(
-            pad_id=int(pad.get("pad_id", 0)), pad_token=str(pad.get("pad_token", "[PAD]")),
-        )
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3
-        self.session = ort.InferenceSession(
-            str(graph), options, providers=["CPUExecutionProvider"]
-        )
-        self.inputs = [i.name for i in self.session.get_inputs()]
-
-    def embed(self, texts: list[str]) -> np.ndarray:
-        encodings = self.tokenizer.encode_batch(texts, add_special_tokens=True)
-        mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
-        feeds = {
-            "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
-            "attention_mask": mask,
-            "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64),
-        }
-        hidden: np.ndarray = self.session.run(
-            None, {k: v for k, v in feeds.items() if k in self.inputs}
-        )[0]
-        weights = mask[..., None].astype(np.float32)
-        pooled = (hidden * weights).sum(axis=1) / np.clip(weights.sum(axis=1), 1e-9, None)
-        norms = np.linalg.norm(pooled, axis=1, keepdims=True)
-        out: np.ndarray = (pooled / np.clip(norms, 1e-12, None)).astype(np.float32)
-        return out
-
-
-def _model_facts(model_dir: Path) -> tuple[int, int]:
-    """(max_seq_length, dim); refuses pipelines this runner does not reproduce."""
-    modules = json.loads((model_dir / "modules.json").read_text())
-    kinds = {m["type"].rsplit(".", 1)[-1] for m in modules}
-    if not kinds <= {"Transformer", "Pooling", "Normalize"}:
-        raise ValueError(
-            f"the ONNX backends run Transformer + mean Pooling (+ Normalize); {model_dir} has "
-            f"{sorted(kinds)}: use EMBEDDING_BACKEND=torch"
-        )
-    pooling_dir = next((m["path"] for m in modules if m["type"].endswith("Pooling")), "1_Pooling")
-    pooling = json.loads((model_dir / pooling_dir / "config.json").read_text())
-    if not pooling.get("pooling_mode_mean_tokens") or any(
-        v for k, v in pooling.items() if k.startswith("pooling_mode_") and k != "pooling_mode_mean_tokens"
-    ):
-        raise ValueError(f"the ONNX backends do mean pooling only; {model_dir}: use EMBEDDING_BACKEND=torch")
-    st_config = model_dir / "sentence_bert_config.json"
-    max_len = json.loads(st_config.read_text()).get("max_seq_length") if st_config.is_file() else None
-    config = json.loads((model_dir / "config.json").read_text())
-    max_len = int(max_len or config.get("max_position_embeddings", 512))
-    return max_len, int(pooling.get("word_embedding_dimension") or config["hidden_size"])
 
 
 class OnnxEmbedder(Embedder):
@@ -384,7 +318,7 @@ class OnnxEmbedder(Embedder):
         started = time.perf_counter()
         self.graph, self.built = ensure_graph(self.path, self.cache_dir, quantized=self.quantized)
         self.build_seconds = time.perf_counter() - started
-        self.runner = _OnnxRunner(self.path, self.graph, threads=self.threads)
+        self.runner = OnnxRunner(self.path, self.graph, threads=self.threads)
         self.max_seq_length, self.dim = self.runner.max_seq_length, self.runner.dim
 
     def _encode_batch(self, batch: list[str]) -> np.ndarray:

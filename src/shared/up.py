@@ -29,24 +29,20 @@ _STOP_GRACE_S = 60
 
 def _ensure_admin_key(settings_dir: Path) -> str:
     from shared.accounts import create_key, ensure_user
-    from shared.db import create_worker_engine, sync_session_factory
+    from shared.db import one_off_session
     from shared.models import ApiKey
     from shared.security import key_matches, split_prefix
 
     key_file = settings_dir / "admin.key"
-    engine = create_worker_engine(load_settings(worker_db_pool_size=1), "cli")
-    try:
-        with sync_session_factory(engine)() as session, session.begin():
-            if key_file.exists():
-                key = key_file.read_text().strip()
-                prefix = split_prefix(key)
-                row = session.query(ApiKey).filter_by(prefix=prefix).one_or_none() if prefix else None
-                if row is not None and row.revoked_at is None and key_matches(key, row.key_hash):
-                    return key
-            user = ensure_user(session, "admin@localhost", name="admin", is_admin=True)
-            key = create_key(session, user, name="sluice up")
-    finally:
-        engine.dispose()
+    with one_off_session(load_settings()) as session:
+        if key_file.exists():
+            key = key_file.read_text().strip()
+            prefix = split_prefix(key)
+            row = session.query(ApiKey).filter_by(prefix=prefix).one_or_none() if prefix else None
+            if row is not None and row.revoked_at is None and key_matches(key, row.key_hash):
+                return key
+        user = ensure_user(session, "admin@localhost", name="admin", is_admin=True)
+        key = create_key(session, user, name="sluice up")
     key_file.touch(mode=0o600)
     key_file.write_text(key + "\n")
     return key

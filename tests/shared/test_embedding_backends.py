@@ -177,9 +177,8 @@ def test_concurrent_builds_do_not_race(base_settings: Settings, tmp_path: Path) 
     results = [o for o, _ in outs]
     assert results[0]["path"] == results[1]["path"]
     assert sorted(r["built"] for r in results) == [False, True]
-    waited = next(err for o, err in outs if not o["built"])
-    if "onnx_build_wait" not in waited:  # it started after the build had finished: still fine
-        pytest.skip("the builders did not overlap on this run (the race was not exercised)")
+    # Whether the second builder waited on the lock or started after the build finished,
+    # it must load the one published graph and nothing half-written may be left.
     folder = Path(results[0]["path"]).parent
     assert not list(folder.glob(".*.tmp")) and not list(folder.glob(".build-*"))
     # What was published is complete and correct.
@@ -275,8 +274,7 @@ async def test_search_accepts_another_backend_of_the_same_space(
     user, file_id, phrase = ingested
     stored = settings.embedding_backend
     same = [b for b in compatible_backends(stored) if b != stored]
-    if not same:
-        pytest.skip(f"{stored} is the only backend of its space")
+    assert same, f"the suite runs with {stored}; pick a backend that shares its space"
     r = await _search(settings, user, phrase, same[0])
     assert r.status_code == 200, r.text
     async with httpx.AsyncClient(base_url=stack.url, timeout=30) as c:
