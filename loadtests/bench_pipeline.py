@@ -50,7 +50,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from eval_retrieval import load_set
 from stack import App, Servers, app_env, create_users, free_port
 
-from shared.embedding import BACKENDS, embed_threads, load_embedder, model_path
+from shared.embedding import BACKENDS, embed_threads, model_path
+from shared.encoders import load_embedder
 from shared.settings import Settings
 
 log = logging.getLogger("loadtest.bench")

@@ -51,7 +51,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from shared.embedding import BACKENDS, embed_threads, load_embedder, model_path
+from shared.embedding import BACKENDS, embed_threads, model_path
+from shared.encoders import load_embedder
 from shared.settings import Settings, load_settings
 
 log = logging.getLogger("loadtest.eval")

@@ -22,7 +22,7 @@ import httpx
 import psycopg
 import redis
 
-from shared.embedded import EmbeddedPostgres, EmbeddedRedis
+from shared.local.embedded import EmbeddedPostgres, EmbeddedRedis
 from shared.settings import Settings, load_settings
 
 log = logging.getLogger("loadtest.stack")

@@ -7,8 +7,8 @@ import uuid
 import httpx
 import pytest
 
-from helpers import upload, wait_for_status
-from samples import ALL_KINDS, document_with_phrase
+from tests.support.helpers import upload, wait_for_status
+from tests.support.samples import ALL_KINDS, document_with_phrase
 
 EXPECTED_KIND = {"txt": "text", "md": "markdown", "html": "html", "csv": "csv",
                  "json": "json", "pdf": "pdf", "docx": "docx"}

@@ -16,7 +16,7 @@ import httpx
 import psutil
 import pytest
 
-from helpers import free_port, pid_alive, upload, wait_for_status, wait_until
+from tests.support.helpers import free_port, pid_alive, upload, wait_for_status, wait_until
 
 
 def _start(data: Path, port: int, log_path: Path) -> subprocess.Popen[bytes]:

@@ -113,19 +113,19 @@ def _build_onnx(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _up(_: Settings | None, args: argparse.Namespace) -> int:
-    from shared.up import run_up
+    from shared.local.up import run_up
 
     return run_up(args)
 
 
 def _doctor(_: Settings | None, args: argparse.Namespace) -> int:
-    from shared.doctor_cli import main as doctor_main
+    from shared.ops.doctor_cli import main as doctor_main
 
     return doctor_main(args)
 
 
 def _capacity(_: Settings | None, args: argparse.Namespace) -> int:
-    from shared.capacity_cli import main as capacity_main
+    from shared.ops.capacity_cli import main as capacity_main
 
     return capacity_main(args)
 
@@ -185,8 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
         func=_reconcile
     )
 
-    from shared.capacity_cli import add_arguments as capacity_args
-    from shared.doctor_cli import add_arguments as doctor_args
+    from shared.ops.capacity_cli import add_arguments as capacity_args
+    from shared.ops.doctor_cli import add_arguments as doctor_args
 
     doc = sub.add_parser("doctor", help="check settings, servers and manifests against the budgets")
     doctor_args(doc)

@@ -72,29 +72,12 @@ def embed_threads(settings: Settings, processes_sharing_cpus: int = 1) -> int:
     return max(1, int(cpu_quota() // max(processes_sharing_cpus, 1)))
 
 
-def load_embedder(settings: Settings, threads: int) -> Embedder:
-    """The EMBEDDING_BACKEND embedder for the configured model, with `threads` intra-op threads.
-
-    The ONNX backends build their graph into EMBEDDING_CACHE_DIR on first use
-    (under a file lock) unless `sluice build-onnx` already put it there.
-    """
-    path = model_path(settings)
-    backend = settings.embedding_backend
-    if backend == "torch":
-        return Embedder(path, threads=threads)
-    from shared.embedding_onnx import OnnxEmbedder, onnx_cache_dir
-
-    return OnnxEmbedder(
-        path, threads=threads, quantized=backend == "onnx-int8", cache_dir=onnx_cache_dir(settings)
-    )
-
-
 class Embedder:
     """The interface every backend implements, and the torch backend itself.
 
     `Embedder(path, threads=n)` is the torch (sentence-transformers) backend;
     `shared.embedding_onnx.OnnxEmbedder` overrides `_load` and `_encode_batch`.
-    Use `load_embedder(settings, threads)` to get the configured one.
+    Use `shared.encoders.load_embedder(settings, threads)` to get the configured one.
     """
 
     backend = "torch"

@@ -14,7 +14,7 @@ from prometheus_fastapi_instrumentator import Instrumentator
 from starlette.concurrency import run_in_threadpool
 
 from shared.db import async_session_factory, create_webui_engine, pool_limit
-from shared.embedding import load_embedder
+from shared.encoders import load_embedder
 from shared.metrics_queue import process_metrics
 from shared.queue import make_queue
 from shared.redis_pool import create_async_redis, create_redis

@@ -18,9 +18,9 @@ from rq import get_current_job
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from shared.document_errors import DocumentRejected
 from shared.models import File, FileStatus
 from shared.storage import stored_path
-from worker.pipeline.errors import DocumentRejected
 from worker.pipeline.isolated import parse_isolated
 from worker.pipeline.store import replace_chunks
 from worker.progress import publish

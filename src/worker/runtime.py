@@ -19,7 +19,7 @@ from rq import Queue
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared import embedding
+from shared import encoders
 from shared.db import create_worker_engine, sync_session_factory
 from shared.embedding import Embedder, embed_threads
 from shared.models import AppConfig
@@ -99,7 +99,7 @@ def load_app_config(session_factory: sessionmaker[Session]) -> dict[str, Any]:
 
 
 def load_embedder(settings: Settings, processes_sharing_cpus: int = 1) -> Embedder:
-    return embedding.load_embedder(settings, embed_threads(settings, processes_sharing_cpus))
+    return encoders.load_embedder(settings, embed_threads(settings, processes_sharing_cpus))
 
 
 def boot(settings: Settings, processes_sharing_cpus: int = 1) -> Runtime:

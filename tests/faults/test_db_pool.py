@@ -20,9 +20,9 @@ import httpx
 import pytest
 from sqlalchemy import text
 
-from conftest import ApiUser
-from faults.conftest import FaultStack, WebUI, unavailable
-from helpers import upload, wait_until
+from tests.faults.stack import FaultStack, WebUI, unavailable
+from tests.support.helpers import upload, wait_until
+from tests.support.stack import ApiUser
 
 FAULT_ENV = {
     "DATABASE_POOL_SIZE": "1",

@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from faults.conftest import FaultStack, WebUI, long_text
-from helpers import unique_text, upload, wait_for_status
+from tests.faults.stack import FaultStack, WebUI, long_text
+from tests.support.helpers import unique_text, upload, wait_for_status
 
 FAULT_ENV = {
     "JOB_TIMEOUT": "5",

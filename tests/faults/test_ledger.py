@@ -24,11 +24,11 @@ from dataclasses import dataclass
 
 import pytest
 
-from conftest import Proc
-from faults.conftest import FaultStack, WebUI
-from faults.uploads import Answer, record
-from helpers import wait_until
-from samples import make_pdf
+from tests.faults.stack import FaultStack, WebUI
+from tests.faults.uploads import Answer, record
+from tests.support.helpers import wait_until
+from tests.support.samples import make_pdf
+from tests.support.stack import Proc
 
 FAULT_ENV = {
     "JOB_MONITORING_INTERVAL": "1",

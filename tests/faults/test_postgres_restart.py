@@ -6,9 +6,9 @@ import contextlib
 
 import pytest
 
-from faults.conftest import FaultStack, WebUI, long_text, unavailable
-from faults.uploads import Uploader, record
-from helpers import wait_for_status, wait_until
+from tests.faults.stack import FaultStack, WebUI, long_text, unavailable
+from tests.faults.uploads import Uploader, record
+from tests.support.helpers import wait_for_status, wait_until
 
 FAULT_ENV = {
     "JOB_MAX_RETRIES": "5",

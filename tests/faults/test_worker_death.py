@@ -11,9 +11,9 @@ import pytest
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
-from faults.conftest import FaultStack, WebUI, long_text
-from helpers import upload, wait_for_status, wait_until
 from shared.queue import job_id_for
+from tests.faults.stack import FaultStack, WebUI, long_text
+from tests.support.helpers import upload, wait_for_status, wait_until
 
 FAULT_ENV = {
     "JOB_MONITORING_INTERVAL": "1",

@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 
-from helpers import upload
+from tests.support.helpers import upload
 
 
 @dataclass

@@ -8,10 +8,10 @@ import sys
 
 import pytest
 
-from shared.budget import Group, max_connections_for, postgres_budget
-from shared.capacity import Demand, plan
-from shared.capacity_cli import duration, histogram_stats, job_time
-from shared.queueing import JobTime, erlang_c, simulate_burst, steady_state, workers_for_burst
+from shared.ops.budget import Group, max_connections_for, postgres_budget
+from shared.ops.capacity import Demand, plan
+from shared.ops.capacity_cli import duration, histogram_stats, job_time
+from shared.ops.queueing import JobTime, erlang_c, simulate_burst, steady_state, workers_for_burst
 
 
 def erlang_c_direct(c: int, a: float) -> float:

@@ -9,12 +9,12 @@ from pathlib import Path
 
 from redis import Redis
 
-from conftest import Stack
-from shared.doctor import Check, Inputs, Target, exit_code, run_checks
-from shared.doctor_cli import add_arguments, gather
-from shared.doctor_cli import main as doctor_main
-from shared.doctor_sources import RawConfig, parse_manifests
 from shared.metrics_queue import QueueSnapshot
+from shared.ops.doctor import Check, Inputs, Target, exit_code, run_checks
+from shared.ops.doctor_cli import add_arguments, gather
+from shared.ops.doctor_cli import main as doctor_main
+from shared.ops.doctor_sources import RawConfig, parse_manifests
+from tests.support.stack import Stack
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

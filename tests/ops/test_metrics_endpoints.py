@@ -10,13 +10,13 @@ from redis import Redis
 from rq.suspension import resume, suspend
 from sqlalchemy import Engine
 
-from conftest import ApiUser, Stack
-from helpers import upload, wait_for_status, wait_until
-from samples import make_pdf
 from shared.models import File
 from shared.queue import enqueue_ingest, make_queue
 from shared.settings import Settings
 from shared.storage import new_storage_key
+from tests.support.helpers import upload, wait_for_status, wait_until
+from tests.support.samples import make_pdf
+from tests.support.stack import ApiUser, Stack
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 

@@ -30,8 +30,8 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.core.result import Ok
 from sqlalchemy import Engine, text
 
-from conftest import ApiUser, Stack, make_user
-from helpers import upload, wait_for_status
+from tests.support.helpers import upload, wait_for_status
+from tests.support.stack import ApiUser, Stack, make_user
 
 MAX_EXAMPLES = int(os.environ.get("SLUICE_FUZZ_EXAMPLES", "20"))
 """Per operation and pass: ~17 operations x 3 passes, about 600 requests in 30 s."""

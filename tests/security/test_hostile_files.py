@@ -18,10 +18,10 @@ import psutil
 import pytest
 from sqlalchemy import Engine, text
 
-from conftest import Stack, make_user
-from helpers import upload, wait_for_status
-from security.hostile import CASES, PASSWD_LINE, Case
 from shared.settings import Settings
+from tests.security.hostile import CASES, PASSWD_LINE, Case
+from tests.support.helpers import upload, wait_for_status
+from tests.support.stack import Stack, make_user
 
 FINAL_WITHIN_S = 60
 """Upload to `done`/`failed`; the worker's parse limit in the suite is 30 s."""

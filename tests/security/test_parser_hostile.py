@@ -12,11 +12,11 @@ from pathlib import Path
 import docx
 import pytest
 
-from security import hostile
-from security.hostile import CASES, PASSWD_LINE, Case
+from shared.detect import decode_text, detect_type
+from shared.document_errors import DocumentRejected, ParserCrashed
+from tests.security import hostile
+from tests.security.hostile import CASES, PASSWD_LINE, Case
 from worker.pipeline import parse as parse_module
-from worker.pipeline.detect import decode_text, detect_type
-from worker.pipeline.errors import DocumentRejected, ParserCrashed
 from worker.pipeline.isolated import _run_child, parse_isolated, start_parser_server
 
 # The suite's worker settings (PARSE_TIMEOUT=30, PARSE_MEMORY_MB default).

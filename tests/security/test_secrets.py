@@ -19,10 +19,10 @@ from rq.serializers import JSONSerializer
 from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
 
-from conftest import ApiUser, Proc, Stack, make_user, start_webui, start_worker, wait_webui_ready
-from helpers import free_port, upload, wait_for_status
-from security import hostile
 from shared.queue import job_id_for
+from tests.security import hostile
+from tests.support.helpers import free_port, upload, wait_for_status
+from tests.support.stack import ApiUser, Proc, Stack, make_user, start_webui, start_worker, wait_webui_ready
 
 
 def _job_hash(redis: Redis, file_id: str) -> dict[str, bytes]:

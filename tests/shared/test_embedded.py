@@ -13,7 +13,7 @@ import psycopg
 import pytest
 import redis
 
-from shared.embedded import EmbeddedPostgres, EmbeddedRedis
+from shared.local.embedded import EmbeddedPostgres, EmbeddedRedis
 
 
 def _gone(pid: int) -> bool:

@@ -26,18 +26,18 @@ import numpy as np
 import pytest
 from sqlalchemy import Engine, text
 
-from conftest import ApiUser, Stack
-from helpers import unique_text, upload, wait_for_status
 from shared.embedding import (
     BACKENDS,
     Embedder,
     compatible_backends,
-    load_embedder,
     model_path,
     space_of,
 )
 from shared.embedding_onnx import ensure_graph, graph_dir, onnx_cache_dir
+from shared.encoders import load_embedder
 from shared.settings import Settings, SettingsError, load_settings
+from tests.support.helpers import unique_text, upload, wait_for_status
+from tests.support.stack import ApiUser, Stack
 
 ONNX_MIN_COSINE = 0.9999
 INT8_MIN_COSINE = 0.96
@@ -216,7 +216,7 @@ def test_a_builder_killed_midway_leaves_nothing_usable_behind(
 @pytest.fixture(scope="module")
 def ingested(stack: Stack, db_engine: Engine) -> tuple[ApiUser, str, str]:
     """A user with one processed file: (user, file id, a phrase from it)."""
-    from conftest import make_user
+    from tests.support.stack import make_user
 
     user = make_user(db_engine, "spaces")
     phrase = "the quartermaster counts lanterns in the lighthouse storeroom"

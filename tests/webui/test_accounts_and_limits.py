@@ -20,9 +20,9 @@ import httpx
 import pytest
 from sqlalchemy import Engine, text
 
-from conftest import ApiUser, Stack, make_user
-from helpers import upload
 from shared.settings import Settings
+from tests.support.helpers import upload
+from tests.support.stack import ApiUser, Stack, make_user
 from webui.app import create_app
 
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-from conftest import ApiUser, Stack
-from samples import make_docx_bytes, make_pdf
 from shared.settings import Settings
+from tests.support.samples import make_docx_bytes, make_pdf
+from tests.support.stack import ApiUser, Stack
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "browser"

@@ -10,7 +10,7 @@ import httpx
 from redis import Redis
 from sqlalchemy import Engine
 
-from conftest import Stack, make_user
+from tests.support.stack import Stack, make_user
 
 CLIENTS_PER_USER = 50
 USERS = 4

@@ -8,10 +8,10 @@ from pathlib import Path
 import httpx
 from sqlalchemy import Engine, text
 
-from conftest import Stack, make_user
-from helpers import upload, wait_for_status
-from samples import make_pdf
 from shared.settings import Settings
+from tests.support.helpers import upload, wait_for_status
+from tests.support.samples import make_pdf
+from tests.support.stack import Stack, make_user
 
 
 def _stored_files(settings: Settings) -> set[Path]:

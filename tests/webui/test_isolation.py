@@ -10,9 +10,9 @@ import httpx
 import pytest
 from sqlalchemy import Engine
 
-from conftest import ApiUser, Stack, make_user
-from helpers import upload, wait_for_status
-from samples import make_pdf
+from tests.support.helpers import upload, wait_for_status
+from tests.support.samples import make_pdf
+from tests.support.stack import ApiUser, Stack, make_user
 
 
 def _client(stack: Stack, user: ApiUser) -> httpx.Client:

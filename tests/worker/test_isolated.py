@@ -20,7 +20,7 @@ from pathlib import Path
 import docx
 import pytest
 
-from worker.pipeline.errors import DocumentRejected, ParserCrashed, ParserLimitExceeded
+from shared.document_errors import DocumentRejected, ParserCrashed, ParserLimitExceeded
 from worker.pipeline.isolated import ParsedDocument, _run_child, parse_isolated, start_parser_server
 
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import docx
 import pytest
 
-from samples import make_pdf
-from worker.pipeline.detect import detect_type
-from worker.pipeline.errors import DocumentRejected
+from shared.detect import detect_type
+from shared.document_errors import DocumentRejected
+from tests.support.samples import make_pdf
 from worker.pipeline.parse import extract_text, normalize_text
 
 

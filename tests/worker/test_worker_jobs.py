@@ -10,12 +10,12 @@ import httpx
 from redis import Redis
 from sqlalchemy import Engine, text
 
-from conftest import ApiUser, Stack, make_user
-from helpers import upload, wait_for_status, wait_until
 from shared.models import File
 from shared.queue import enqueue_ingest, make_queue
 from shared.settings import Settings
 from shared.storage import new_storage_key, stored_path
+from tests.support.helpers import upload, wait_for_status, wait_until
+from tests.support.stack import ApiUser, Stack, make_user
 from worker.main import FACTS_KEY
 
 

@@ -14,6 +14,8 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
 
+from shared.detect import detect_type
+from shared.document_errors import DocumentRejected
 from shared.models import File, FileStatus
 from shared.queue import enqueue_ingest
 from shared.storage import new_storage_key, remove_stored, stored_path
@@ -23,8 +25,6 @@ from webui.limits import upload_slot
 from webui.schemas import FileList, FileRead, Status
 from webui.state import AppState
 from webui.uploads import discard, move_into_place, receive_upload
-from worker.pipeline.detect import detect_type
-from worker.pipeline.errors import DocumentRejected
 
 log = logging.getLogger("sluice.webui")
 router = APIRouter(prefix="/files", tags=["files"])

@@ -23,9 +23,9 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from worker.pipeline.errors import DocumentRejected, ParserCrashed, ParserLimitExceeded
+from shared.document_errors import DocumentRejected, ParserCrashed, ParserLimitExceeded
 
-PRELOAD = ["worker.pipeline.parse", "worker.pipeline.detect", "worker.pipeline.isolated"]
+PRELOAD = ["worker.pipeline.parse", "shared.detect", "worker.pipeline.isolated"]
 CPU_HARD_EXTRA_S = 5
 """SIGXCPU at the soft limit; the kernel SIGKILLs at soft + this."""
 MAX_FILE_WRITE_BYTES = 1024 * 1024
@@ -99,7 +99,7 @@ def parse_isolated(
 
 def _detect_and_extract(path: str, filename: str) -> tuple[str, str]:
     """The real child target (module-level so the forkserver can unpickle it)."""
-    from worker.pipeline.detect import detect_type
+    from shared.detect import detect_type
     from worker.pipeline.parse import extract_text
 
     kind = detect_type(Path(path), filename)

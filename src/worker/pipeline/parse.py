@@ -28,8 +28,8 @@ from docx.table import Table
 from pypdf import PdfReader
 from pypdf.errors import LimitReachedError
 
-from worker.pipeline.detect import SNIFF_CHARS, decode_text
-from worker.pipeline.errors import DocumentRejected
+from shared.detect import SNIFF_CHARS, decode_text
+from shared.document_errors import DocumentRejected
 
 MAX_PDF_PAGES = 2000
 MAX_ZIP_TOTAL_BYTES = 200 * 1024 * 1024

@@ -7,8 +7,9 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from shared.doctor import Inputs, Target, exit_code, render, run_checks
-from shared.doctor_sources import (
+from shared.metrics_queue import heartbeat_stale_after, read_queue
+from shared.ops.doctor import Inputs, Target, exit_code, render, run_checks
+from shared.ops.doctor_sources import (
     RawConfig,
     Workload,
     parse_manifests,
@@ -16,7 +17,6 @@ from shared.doctor_sources import (
     read_redis,
     render_overlay,
 )
-from shared.metrics_queue import heartbeat_stale_after, read_queue
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -1,9 +1,9 @@
 """`sluice capacity`: size a deployment from a queueing model, with the reasoning shown.
 
-Workers come from the queueing math in `shared.queueing` (Erlang C for steady
+Workers come from the queueing math in `shared.ops.queueing` (Erlang C for steady
 uploads, a simulated burst for N at once). Webui replicas and pools come from
 Little's law (connections busy = request rate × time each holds one), and the
-Postgres / Redis limits from the connection budget in `shared.budget`.
+Postgres / Redis limits from the connection budget in `shared.ops.budget`.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from shared.budget import Group, max_connections_for, redis_budget
-from shared.queueing import JobTime, fmt_s, simulate_burst, steady_state, workers_for_burst
+from shared.ops.budget import Group, max_connections_for, redis_budget
+from shared.ops.queueing import JobTime, fmt_s, simulate_burst, steady_state, workers_for_burst
 from shared.settings import Settings
 
 WORKER_DB_POOL = 2  # one job + the reconciler: a worker runs one job at a time

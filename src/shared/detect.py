@@ -23,7 +23,7 @@ from pathlib import Path
 import puremagic
 from charset_normalizer import from_bytes
 
-from worker.pipeline.errors import DocumentRejected
+from shared.document_errors import DocumentRejected
 
 KINDS = ("pdf", "docx", "html", "json", "csv", "markdown", "text")
 

@@ -7,8 +7,8 @@ import math
 import os
 import re
 
-from shared.capacity import Demand, plan, render
-from shared.queueing import JobTime
+from shared.ops.capacity import Demand, plan, render
+from shared.ops.queueing import JobTime
 
 _UNITS = {"s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "": 1.0}
 

@@ -13,7 +13,8 @@ from typing import Literal
 
 from pydantic import ValidationError
 
-from shared.budget import (
+from shared.metrics_queue import QueueSnapshot
+from shared.ops.budget import (
     POSTGRES_DEFAULT_MAX,
     REDIS_DEFAULT_MAXCLIENTS,
     SUPERUSER_RESERVED,
@@ -21,8 +22,7 @@ from shared.budget import (
     postgres_budget,
     redis_budget,
 )
-from shared.doctor_sources import PostgresFacts, RawConfig, RedisFacts
-from shared.metrics_queue import QueueSnapshot
+from shared.ops.doctor_sources import PostgresFacts, RawConfig, RedisFacts
 from shared.settings import Settings
 
 Verdict = Literal["OK", "WARN", "CRITICAL", "SKIP"]

@@ -15,8 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from shared.settings import Settings
 
 _TRUE = {"1", "true", "yes", "on", "y", "t"}
@@ -133,6 +131,8 @@ class Manifests:
 def parse_manifests(text: str) -> Manifests:
     """Deployments (webui / worker) with env resolved from ConfigMaps and the
     replica ceiling their HorizontalPodAutoscaler or KEDA ScaledObject allows."""
+    import yaml  # the `ops` extra; imported here so `sluice --help` works without it
+
     docs = [d for d in yaml.safe_load_all(text) if isinstance(d, dict)]
     docs += [i for d in docs if d.get("kind") == "List" for i in d.get("items", [])]
     config_maps = {

@@ -1,4 +1,4 @@
-"""Plain helper functions for tests (factories and waits), importable as `helpers`."""
+"""Plain helper functions for tests (factories and waits), importable as `tests.support.helpers`."""
 
 from __future__ import annotations
 

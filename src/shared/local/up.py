@@ -84,7 +84,7 @@ def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
 
 
 def run_up(args: argparse.Namespace) -> int:
-    from shared.embedded import EmbeddedPostgres, EmbeddedRedis
+    from shared.local.embedded import EmbeddedPostgres, EmbeddedRedis
     from shared.migrate import run_migrations
 
     data = Path(args.data_dir).resolve()

@@ -1,0 +1,125 @@
+"""The suite's building blocks: the test environment, `sluice …` child processes,
+and users with API keys. Fixtures that use them live in tests/conftest.py."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+from redis import Redis
+from sqlalchemy import Engine
+
+from shared.accounts import create_key, ensure_user
+from shared.db import sync_session_factory
+from tests.support.helpers import wait_until
+
+# Short intervals so retries, heartbeats and the reconciler act within a test's time.
+TEST_ENV = {
+    "JOB_TIMEOUT": "60",
+    "JOB_MAX_RETRIES": "2",
+    "JOB_RETRY_DELAY": "1",
+    "JOB_MONITORING_INTERVAL": "2",
+    "WORKER_MAINTENANCE_INTERVAL": "10",
+    "RECONCILE_INTERVAL": "1",
+    "RECONCILE_QUEUED_GRACE": "3",
+    "EMBED_THREADS": "1",
+    "MAX_UPLOAD_MB": "2",
+    "PARSE_TIMEOUT": "30",
+    "HF_HUB_OFFLINE": "1",
+    "LOG_LEVEL": "INFO",
+    "WORKER_METRICS_PORT": "0",  # several workers per machine; `stack` gives its worker a free port
+}
+
+
+class Proc:
+    """A `sluice …` child process with its log in a file."""
+
+    def __init__(self, args: list[str], env: dict[str, str], log_path: Path):
+        self.log_path = log_path
+        self._log = open(log_path, "wb")
+        self.popen = subprocess.Popen(
+            [sys.executable, "-m", "shared.cli", *args], env={**os.environ, **env},
+            stdout=self._log, stderr=subprocess.STDOUT,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
+        if self.popen.poll() is None:
+            self.popen.send_signal(sig)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+        self._log.close()
+        return self.popen.returncode
+
+
+def start_worker(env: dict[str, str], log_path: Path, redis: Redis) -> Proc:
+    """Start `sluice worker` and wait until it has booted (its facts are in Redis)."""
+    before = set(redis.keys("sluice:worker-facts:*"))
+    proc = Proc(["worker"], env, log_path)
+
+    def booted() -> bool:
+        if proc.popen.poll() is not None:
+            raise AssertionError(f"worker exited during boot:\n{proc.log()[-3000:]}")
+        return any(int(redis.hget(k, "pid") or 0) == proc.pid
+                   for k in set(redis.keys("sluice:worker-facts:*")) - before)
+
+    wait_until(booted, 120, "worker boot")
+    return proc
+
+
+def start_webui(env: dict[str, str], log_path: Path, port: int, *, wait: bool = True) -> Proc:
+    """Start `sluice webui` on `port`; with `wait`, return once /readyz answers 200."""
+    webui = Proc(["webui", "--port", str(port)], env, log_path)
+    if wait:
+        wait_webui_ready(webui, f"http://127.0.0.1:{port}")
+    return webui
+
+
+def wait_webui_ready(webui: Proc, url: str, timeout: float = 120) -> None:
+    def ready() -> bool:
+        if webui.popen.poll() is not None:
+            raise AssertionError(f"webui exited:\n{webui.log()[-3000:]}")
+        try:
+            return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_until(ready, timeout, "webui ready")
+
+
+@dataclass
+class Stack:
+    url: str
+    webui: Proc
+    worker: Proc
+    worker_metrics_url: str = ""
+
+
+@dataclass
+class ApiUser:
+    id: str
+    email: str
+    key: str
+
+
+def make_user(db_engine: Engine, label: str = "user") -> ApiUser:
+    email = f"{label}-{time.monotonic_ns()}@example.test"
+    with sync_session_factory(db_engine)() as session, session.begin():
+        user = ensure_user(session, email)
+        key = create_key(session, user, name="test")
+        return ApiUser(str(user.id), email, key)
