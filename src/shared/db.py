@@ -17,8 +17,8 @@ from sqlalchemy import Engine, create_engine, make_url
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import Session, sessionmaker
-from sqlalchemy.pool import NullPool
 
+from shared.pools import TimedAsyncAdaptedQueuePool, TimedNullPool, TimedQueuePool
 from shared.settings import Settings
 
 log = logging.getLogger("sluice.db")
@@ -33,11 +33,13 @@ def database_url(settings: Settings, driver: Literal["asyncpg", "psycopg"]) -> U
     return url.set(drivername=f"postgresql+{driver}")
 
 
-def _pool_kwargs(settings: Settings, size: int, overflow: int) -> dict[str, Any]:
+def _pool_kwargs(settings: Settings, size: int, overflow: int, *, is_async: bool) -> dict[str, Any]:
+    # Timed pools (shared.pools) let /metrics time checkouts; they behave as their bases.
     if settings.uses_null_pool:
         # Only reachable with DATABASE_EXTERNAL_POOLER=true (see Settings).
-        return {"poolclass": NullPool}
+        return {"poolclass": TimedNullPool}
     return {
+        "poolclass": TimedAsyncAdaptedQueuePool if is_async else TimedQueuePool,
         "pool_size": size,
         "max_overflow": overflow,
         "pool_timeout": settings.database_pool_timeout,
@@ -85,7 +87,7 @@ def create_webui_engine(settings: Settings, component: Component = "webui") -> A
     return create_async_engine(
         database_url(settings, "asyncpg"),
         connect_args=connect_args,
-        **_pool_kwargs(settings, size, overflow),
+        **_pool_kwargs(settings, size, overflow, is_async=True),
     )
 
 
@@ -103,7 +105,7 @@ def create_worker_engine(settings: Settings, component: Component = "worker") ->
     return create_engine(
         database_url(settings, "psycopg"),
         connect_args=connect_args,
-        **_pool_kwargs(settings, size, 0),
+        **_pool_kwargs(settings, size, 0, is_async=False),
     )
 
 
