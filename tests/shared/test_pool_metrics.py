@@ -28,6 +28,7 @@ from shared.pools import (
     CountedSSLConnection,
     CountedUnixDomainSocketConnection,
     TimedAsyncAdaptedQueuePool,
+    TimedNullPool,
     TimedQueuePool,
 )
 from shared.redis_pool import create_async_redis, create_redis
@@ -106,6 +107,25 @@ def test_db_checkouts_are_timed_and_timeouts_counted_across_dispose(
     with engine.connect():  # after close() the pool reports nowhere
         pass
     assert registry.get_sample_value("sluice_db_pool_wait_seconds_count") is None
+
+
+def test_null_pool_checkouts_are_timed(settings: Settings, redis_for: RedisFactory) -> None:
+    """DATABASE_EXTERNAL_POOLER=true: one connection per checkout, timed all the same."""
+    pooled = settings.model_copy(update={"database_pool_size": 0, "database_external_pooler": True})
+    engine = create_worker_engine(pooled, "cli")
+    assert isinstance(engine.pool, TimedNullPool)
+    registry = CollectorRegistry()
+    scrape = Scrape(registry)
+    resources = metrics(registry, engine, redis_for(settings))
+    try:
+        with engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+            assert scrape("sluice_db_pool_checked_out") == 1
+        assert scrape("sluice_db_pool_checked_out") == 0
+        assert scrape("sluice_db_pool_wait_seconds_count") == 1
+    finally:
+        resources.close()
+        engine.dispose()
 
 
 def test_a_plain_pool_is_refused(settings: Settings, engine: Engine) -> None:
