@@ -21,8 +21,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 KUSTOMIZE = REPO / "deploy" / "kustomize"
 OVERLAYS = ("dev", "prod")
-# CI runs from a fresh clone with a copy of shared/ beside it (../shared).
-SCHEMAS = REPO.parent / "shared" / "k8s-schemas"
+# JSON schemas of the non-core kinds, vendored (deploy/schemas/README.md).
+SCHEMAS = REPO / "deploy" / "schemas"
 
 Doc = dict[str, Any]
 
