@@ -7,12 +7,15 @@ replacements are all accounted for.
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +28,27 @@ OVERLAYS = ("dev", "prod")
 SCHEMAS = REPO / "deploy" / "schemas"
 
 Doc = dict[str, Any]
+
+# What a platform engineer writes into each overlay's cluster.env before the
+# first apply (the committed files leave every parameter unset on purpose).
+CLUSTER_PARAMS = {"RWX_STORAGE_CLASS": "test-rwx-cephfs"}
+
+
+@cache
+def configured() -> Path:
+    """A copy of deploy/kustomize with every overlay's cluster.env filled in.
+
+    Tests render this copy, as `oc apply -k` would after the README's first
+    step; the repository's own overlays refuse to render until then
+    (test_render checks that).
+    """
+    root = Path(tempfile.mkdtemp(prefix="sluice-kustomize-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    shutil.copytree(KUSTOMIZE, root / "kustomize")
+    for env in (root / "kustomize" / "overlays").glob("*/cluster.env"):
+        params = "".join(f"{key}={value}\n" for key, value in CLUSTER_PARAMS.items())
+        env.write_text(env.read_text() + params)
+    return root / "kustomize"
 
 
 def kubectl_binaries() -> list[str]:
@@ -66,11 +90,12 @@ def render(path: Path) -> list[Doc]:
 
 
 def temp_overlay(tmp: Path, body: str) -> Path:
-    """A kustomization in `tmp` whose `{kustomize}` placeholders point at deploy/kustomize.
+    """A kustomization in `tmp` whose `{kustomize}` placeholders point at the
+    configured copy of deploy/kustomize.
 
     kustomize only accepts relative paths to other kustomizations.
     """
-    rel = os.path.relpath(KUSTOMIZE, tmp)
+    rel = os.path.relpath(configured(), tmp)
     (tmp / "kustomization.yaml").write_text(body.replace("{kustomize}", rel))
     return tmp
 

@@ -9,6 +9,7 @@ import yaml
 from shared.settings import Settings, load_settings
 
 from .manifests import (
+    CLUSTER_PARAMS,
     KUSTOMIZE,
     Doc,
     config,
@@ -180,8 +181,9 @@ def test_uploads_are_shared_read_write_many(docs: list[Doc]) -> None:
     pvc = named(docs, "PersistentVolumeClaim", claims.pop())
     assert pvc is not None
     assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
-    # The default class is usually RWO-only: the overlay must name an RWX class.
-    assert pvc["spec"].get("storageClassName")
+    # The default class is usually RWO-only: the overlay must name an RWX class
+    # (its cluster.env, see test_render).
+    assert pvc["spec"].get("storageClassName") == CLUSTER_PARAMS["RWX_STORAGE_CLASS"]
 
 
 def test_images_are_the_right_ones_and_pinned(docs: list[Doc]) -> None:
