@@ -40,6 +40,15 @@ def crd_schema(path: str) -> dict[str, Any]:
     return schema
 
 
+def validator(path: str) -> jsonschema.protocols.Validator:
+    schema = crd_schema(path)
+    # openapi2jsonschema (the OpenShift files) writes the draft-less
+    # "http://json-schema.org/schema#"; its output is draft 4.
+    if schema.get("$schema") == "http://json-schema.org/schema#":
+        return jsonschema.Draft4Validator(schema)
+    return jsonschema.validators.validator_for(schema)(schema)
+
+
 def _is_crd(doc: Doc) -> bool:
     return (doc["apiVersion"], doc["kind"]) in CRD_SCHEMAS
 
@@ -64,28 +73,36 @@ def test_custom_resources_validate(docs: list[Doc]) -> None:
     for doc in docs:
         if not _is_crd(doc):
             continue
-        schema = crd_schema(CRD_SCHEMAS[(doc["apiVersion"], doc["kind"])])
-        validator = jsonschema.validators.validator_for(schema)(schema)
-        for err in validator.iter_errors(doc):
+        for err in validator(CRD_SCHEMAS[(doc["apiVersion"], doc["kind"])]).iter_errors(doc):
             errors.append(f"{doc['kind']}/{doc['metadata']['name']}: {err.message} at {list(err.path)}")
     assert not errors, "\n".join(errors)
 
 
 def test_the_crd_validator_catches_mistakes() -> None:
     """The vendored schemas reject what they should (they are not `{}`)."""
-    schema = crd_schema(CRD_SCHEMAS[("route.openshift.io/v1", "Route")])
     bad_route = {
         "apiVersion": "route.openshift.io/v1", "kind": "Route", "metadata": {"name": "x"},
         "spec": {"to": {"kind": "Service", "name": "x"}, "tls": {"termination": "edgy"}},
     }
-    assert list(jsonschema.validators.validator_for(schema)(schema).iter_errors(bad_route))
-    schema = crd_schema(CRD_SCHEMAS[("keda.sh/v1alpha1", "ScaledObject")])
+    assert list(validator(CRD_SCHEMAS[("route.openshift.io/v1", "Route")]).iter_errors(bad_route))
     bad_scaled = {
         "apiVersion": "keda.sh/v1alpha1", "kind": "ScaledObject", "metadata": {"name": "x"},
         "spec": {"scaleTargetRef": {"name": "x"}, "triggers": [{"type": "prometheus",
                                                                 "metadata": {"threshold": 4}}]},
     }
-    assert list(jsonschema.validators.validator_for(schema)(schema).iter_errors(bad_scaled))
+    assert list(validator(CRD_SCHEMAS[("keda.sh/v1alpha1", "ScaledObject")]).iter_errors(bad_scaled))
+    # Strict OpenShift schemas: a misspelt field is an error.
+    bad_build = {
+        "apiVersion": "build.openshift.io/v1", "kind": "BuildConfig", "metadata": {"name": "x"},
+        "spec": {"source": {"type": "Binary"}, "strategy": {"type": "Docker",
+                                                            "dockerStrategy": {"dockerfile": "D"}}},
+    }
+    assert list(validator(CRD_SCHEMAS[("build.openshift.io/v1", "BuildConfig")]).iter_errors(bad_build))
+    bad_stream = {
+        "apiVersion": "image.openshift.io/v1", "kind": "ImageStream", "metadata": {"name": "x"},
+        "spec": {"lookupPolicy": {"local": "yes"}},
+    }
+    assert list(validator(CRD_SCHEMAS[("image.openshift.io/v1", "ImageStream")]).iter_errors(bad_stream))
 
 
 def test_schemas_are_vendored_and_documented() -> None:

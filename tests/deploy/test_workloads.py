@@ -186,14 +186,16 @@ def test_uploads_are_shared_read_write_many(docs: list[Doc]) -> None:
     assert pvc["spec"].get("storageClassName") == CLUSTER_PARAMS["RWX_STORAGE_CLASS"]
 
 
-def test_images_are_the_right_ones_and_pinned(docs: list[Doc]) -> None:
+def test_images_are_the_right_ones(docs: list[Doc]) -> None:
+    """The webui pod runs the webui image, the worker pod the worker image (init
+    containers too); how they are pinned to a digest is test_builds'."""
     for component in ("webui", "worker"):
         pod = deployment(docs, component)["spec"]["template"]["spec"]
         for c in containers(pod):
-            image = c["image"]
-            assert re.search(rf"/sluice-{component}[:@]", image), f"{component}/{c['name']}: {image}"
-            assert "@sha256:" in image or (":" in image.rsplit("/", 1)[-1]), f"untagged {image}"
-            assert not image.endswith(":latest"), image
+            if c["name"] == "oauth-proxy":
+                continue
+            pinned = rf"sluice-{component}(:latest|@sha256:[0-9a-f]{{64}})"
+            assert re.fullmatch(pinned, c["image"]), c["image"]
 
 
 def test_rollouts_stay_inside_the_budget(docs: list[Doc]) -> None:
