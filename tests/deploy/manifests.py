@@ -159,8 +159,18 @@ def containers(pod: Doc, init: bool = True) -> list[Doc]:
 
 
 def main_container(dep: Doc) -> Doc:
-    (container,) = dep["spec"]["template"]["spec"]["containers"]
+    """The container named after the Deployment's component (not a sidecar)."""
+    component = dep["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"]
+    (container,) = [c for c in dep["spec"]["template"]["spec"]["containers"] if c["name"] == component]
     return container
+
+
+# Sidecars that are not Sluice (components/oauth-proxy): no Sluice config or image.
+SIDECARS = {"oauth-proxy"}
+
+
+def sluice_containers(pod: Doc) -> list[Doc]:
+    return [c for c in containers(pod) if c["name"] not in SIDECARS]
 
 
 def autoscaled_max(docs: list[Doc], dep: Doc) -> int:

@@ -11,7 +11,6 @@ from .manifests import (
     config,
     deployment,
     duration_seconds,
-    main_container,
     of_kind,
     one,
 )
@@ -19,15 +18,24 @@ from .manifests import (
 ALERTS = REPO / "deploy" / "alerts" / "sluice-alerts.yaml"
 
 
-def test_route_is_edge_tls_with_an_upload_timeout(docs: list[Doc]) -> None:
-    (route,) = of_kind(docs, "Route")
-    assert route["spec"]["tls"]["termination"] == "edge"
-    assert route["spec"]["tls"]["insecureEdgeTerminationPolicy"] == "Redirect"
-    service = one(docs, "Service", route["spec"]["to"]["name"])
-    assert route["spec"]["port"]["targetPort"] in {p["name"] for p in service["spec"]["ports"]}
-    timeout = duration_seconds(route["metadata"]["annotations"]["haproxy.router.openshift.io/timeout"])
-    # A maximal upload at 1 Mbit/s must finish before the router cuts it off.
-    assert timeout >= int(config(docs)["MAX_UPLOAD_MB"]) * 8
+def test_routes_are_tls_with_hsts_and_an_upload_timeout(docs: list[Doc]) -> None:
+    for route in of_kind(docs, "Route"):
+        tls = route["spec"]["tls"]
+        # edge: the router talks HTTP to the webui; reencrypt: TLS to the oauth-proxy.
+        assert tls["termination"] in ("edge", "reencrypt")
+        assert tls["insecureEdgeTerminationPolicy"] == "Redirect"
+        notes = route["metadata"]["annotations"]
+        assert "max-age=31536000" in notes["haproxy.router.openshift.io/hsts_header"]
+        service = one(docs, "Service", route["spec"]["to"]["name"])
+        ports = {p["name"]: p for p in service["spec"]["ports"]}
+        assert route["spec"]["port"]["targetPort"] in ports
+        if tls["termination"] == "reencrypt":
+            # The service CA signs the proxy's certificate, which the router trusts.
+            assert route["spec"]["port"]["targetPort"] == "https"
+            assert "service.beta.openshift.io/serving-cert-secret-name" in service["metadata"]["annotations"]
+        timeout = duration_seconds(notes["haproxy.router.openshift.io/timeout"])
+        # A maximal upload at 1 Mbit/s must finish before the router cuts it off.
+        assert timeout >= int(config(docs)["MAX_UPLOAD_MB"]) * 8
 
 
 def test_services_select_the_pods_and_ports(docs: list[Doc]) -> None:
@@ -36,7 +44,8 @@ def test_services_select_the_pods_and_ports(docs: list[Doc]) -> None:
         targets = [d for d in of_kind(docs, "Deployment")
                    if selector.items() <= d["spec"]["template"]["metadata"]["labels"].items()]
         assert len(targets) == 1, service["metadata"]["name"]
-        ports = {p["name"] for p in main_container(targets[0])["ports"]}
+        pod = targets[0]["spec"]["template"]["spec"]
+        ports = {p["name"] for c in pod["containers"] for p in c.get("ports", [])}
         for port in service["spec"]["ports"]:
             assert port["targetPort"] in ports, (service["metadata"]["name"], port)
 
@@ -119,6 +128,10 @@ def _allowed_ports(policy: Doc, direction: str) -> set[tuple[str, object]]:
             for rule in policy["spec"].get(direction, []) for p in rule.get("ports", [])}
 
 
+def _policies_of(policies: list[Doc], labels: dict[str, str]) -> list[Doc]:
+    return [p for p in policies if p["spec"]["podSelector"]["matchLabels"].items() <= labels.items()]
+
+
 def test_network_policy_allows_only_what_is_needed(rendered: dict[str, list[Doc]]) -> None:
     docs = rendered["prod"]
     policies = of_kind(docs, "NetworkPolicy")
@@ -126,21 +139,29 @@ def test_network_policy_allows_only_what_is_needed(rendered: dict[str, list[Doc]
     assert len(deny) == 1 and set(deny[0]["spec"]["policyTypes"]) == {"Ingress", "Egress"}
     assert deny[0]["spec"]["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "sluice"}
 
-    egress = set().union(*(_allowed_ports(p, "egress") for p in policies))
-    assert egress == {("TCP", 5432), ("TCP", 6379), ("UDP", 53), ("TCP", 53), ("UDP", 5353), ("TCP", 5353)}
+    dns_db_redis = {("TCP", 5432), ("TCP", 6379), ("UDP", 53), ("TCP", 53), ("UDP", 5353), ("TCP", 5353)}
+    # The webui's oauth-proxy also reaches the Kubernetes API and the OAuth server.
+    expected = {
+        "webui": ({("TCP", "http"), ("TCP", "https")}, dns_db_redis | {("TCP", 6443), ("TCP", 443)}),
+        "worker": ({("TCP", "metrics")}, dns_db_redis),
+    }
+    for component, (ingress_ports, egress_ports) in expected.items():
+        dep = deployment(docs, component)
+        labels = dep["spec"]["template"]["metadata"]["labels"]
+        mine = _policies_of(policies, labels)
+        assert set().union(*(_allowed_ports(p, "ingress") for p in mine)) == ingress_ports, component
+        assert set().union(*(_allowed_ports(p, "egress") for p in mine)) == egress_ports, component
+        pod = dep["spec"]["template"]["spec"]
+        names = {p["name"] for c in pod["containers"] for p in c.get("ports", [])}
+        assert {port for _, port in ingress_ports} <= names
 
-    for component, port in (("webui", "http"), ("worker", "metrics")):
-        labels = deployment(docs, component)["spec"]["template"]["metadata"]["labels"]
-        ingress = set().union(*(
-            _allowed_ports(p, "ingress") for p in policies
-            if p["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
-        ))
-        assert ingress == {("TCP", port)}, component
-        assert port in {p["name"] for p in main_container(deployment(docs, component))["ports"]}
-
-    (web_in,) = [p for p in policies if p["metadata"]["name"].endswith("webui-ingress")]
-    peers = web_in["spec"]["ingress"][0]["from"]
-    assert {"namespaceSelector": {"matchLabels": {"network.openshift.io/policy-group": "ingress"}}} in peers
+    # The router, by the label OpenShift documents (not the legacy policy-group one).
+    router = {"namespaceSelector": {"matchLabels": {"policy-group.network.openshift.io/ingress": ""}}}
+    web_policies = _policies_of(policies, deployment(docs, "webui")["spec"]["template"]["metadata"]["labels"])
+    peers = [peer for p in web_policies for rule in p["spec"].get("ingress", []) for peer in rule["from"]]
+    assert router in peers
+    legacy = {"namespaceSelector": {"matchLabels": {"network.openshift.io/policy-group": "ingress"}}}
+    assert legacy not in peers
 
 
 def test_prod_applies_components(rendered: dict[str, list[Doc]]) -> None:

@@ -22,6 +22,7 @@ from .manifests import (
     pod_specs,
     quantity_cpu,
     quantity_mib,
+    sluice_containers,
 )
 
 SECRET_SETTINGS = {"DATABASE_URL", "REDIS_URL"}
@@ -118,7 +119,7 @@ def test_webui_and_worker_share_config_and_secret(docs: list[Doc]) -> None:
     expected = [{"configMapRef": {"name": cm_name}}, {"secretRef": {"name": "sluice-secrets"}}]
     settings = {name.upper() for name in Settings.model_fields}
     for who, pod in pod_specs(docs):
-        for c in containers(pod):
+        for c in sluice_containers(pod):
             assert c["envFrom"] == expected, f"{who}/{c['name']}"
             # No per-container override of a setting.
             overridden = {e["name"] for e in c.get("env", [])} & settings
@@ -191,9 +192,7 @@ def test_images_are_the_right_ones(docs: list[Doc]) -> None:
     containers too); how they are pinned to a digest is test_builds'."""
     for component in ("webui", "worker"):
         pod = deployment(docs, component)["spec"]["template"]["spec"]
-        for c in containers(pod):
-            if c["name"] == "oauth-proxy":
-                continue
+        for c in sluice_containers(pod):
             pinned = rf"sluice-{component}(:latest|@sha256:[0-9a-f]{{64}})"
             assert re.fullmatch(pinned, c["image"]), c["image"]
 
