@@ -13,10 +13,17 @@ log = logging.getLogger("sluice.cli")
 
 
 def _migrate(settings: Settings, _: argparse.Namespace) -> int:
-    from shared.migrate import run_migrations
+    from shared.migrate import MigrationError, run_migrations
 
-    run_migrations(settings)
-    print("database schema is up to date")
+    try:
+        outcome = run_migrations(settings)
+    except MigrationError as err:
+        print(f"sluice migrate: {err}", file=sys.stderr)
+        return 1
+    if outcome == "newer":
+        print("database schema is newer than this image: running on it (expand-then-contract)")
+    else:
+        print("database schema is up to date")
     return 0
 
 
