@@ -48,7 +48,8 @@ def test_an_unset_storage_class_fails_the_render_clearly(name: str) -> None:
 
 def test_the_storage_class_comes_from_cluster_env(rendered: dict[str, list[Doc]]) -> None:
     for docs in rendered.values():
-        (pvc,) = of_kind(docs, "PersistentVolumeClaim")
+        pvc = named(docs, "PersistentVolumeClaim", "sluice-uploads")
+        assert pvc is not None
         assert pvc["spec"]["storageClassName"] == CLUSTER_PARAMS["RWX_STORAGE_CLASS"]
         # local-config: the parameters are never applied to the cluster.
         assert not named(docs, "ConfigMap", "sluice-cluster-params")
@@ -92,6 +93,8 @@ def _references(docs: list[Doc]) -> list[tuple[str, str, str]]:
             for source in c.get("envFrom", []):
                 if "configMapRef" in source:
                     refs.append((who, "ConfigMap", source["configMapRef"]["name"]))
+                if "secretRef" in source:
+                    refs.append((who, "Secret", source["secretRef"]["name"]))
             for env in c.get("env", []):
                 ref = env.get("valueFrom", {}).get("configMapKeyRef")
                 if ref:
@@ -100,7 +103,7 @@ def _references(docs: list[Doc]) -> list[tuple[str, str, str]]:
 
 
 # Created by the operator, never by the overlays (see base/secret.example.yaml).
-EXTERNAL = {("Secret", "sluice-secrets")}
+EXTERNAL = {("Secret", "sluice-secrets"), ("ServiceAccount", "default")}
 
 
 def _assert_references_resolve(docs: list[Doc]) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import re
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -19,6 +21,7 @@ from .manifests import (
     main_container,
     named,
     of_kind,
+    one,
     pod_specs,
     quantity_cpu,
     quantity_mib,
@@ -116,9 +119,9 @@ def test_webui_and_worker_share_config_and_secret(docs: list[Doc]) -> None:
     """Same ConfigMap and Secret for every Sluice container (init containers too),
     so QUEUE_NAME, the DB/Redis URLs and the pool settings cannot diverge."""
     cm_name = config_map(docs)["metadata"]["name"]
-    expected = [{"configMapRef": {"name": cm_name}}, {"secretRef": {"name": "sluice-secrets"}}]
+    expected = [{"configMapRef": {"name": cm_name}}, {"secretRef": {"name": secret_name(docs)}}]
     settings = {name.upper() for name in Settings.model_fields}
-    for who, pod in pod_specs(docs):
+    for who, pod in sluice_pod_specs(docs):
         for c in sluice_containers(pod):
             assert c["envFrom"] == expected, f"{who}/{c['name']}"
             # No per-container override of a setting.
@@ -228,8 +231,45 @@ def test_secret_is_a_template_only() -> None:
     assert all("CHANGE-ME" in value for value in example["stringData"].values())
 
 
+def secret_name(docs: list[Doc]) -> str:
+    """sluice-secrets: created by the operator, or generated (with a hash) by the dev component."""
+    generated = [s for s in of_kind(docs, "Secret") if s["metadata"]["name"].startswith("sluice-secrets-")]
+    return generated[0]["metadata"]["name"] if generated else "sluice-secrets"
+
+
+def sluice_pod_specs(docs: list[Doc]) -> list[tuple[str, Doc]]:
+    """Pods running Sluice itself (not the dev component's Postgres and Redis)."""
+    return [(who, pod) for who, pod in pod_specs(docs)
+            if any(c["command"][0] == "sluice" for c in sluice_containers(pod) if "command" in c)]
+
+
 def test_no_secret_data_is_rendered(docs: list[Doc]) -> None:
     for secret in of_kind(docs, "Secret"):
+        if secret["metadata"]["name"] == secret_name(docs) != "sluice-secrets":
+            # The dev component's URLs: the in-namespace servers, no password in them.
+            values = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+            assert set(values) == SECRET_SETTINGS
+            for url in values.values():
+                parsed = urlsplit(url)
+                assert parsed.password is None and parsed.hostname in ("sluice-postgres", "sluice-redis")
+            continue
         # Only the service-account token KEDA uses, which the cluster fills in.
         assert secret["type"] == "kubernetes.io/service-account-token"
         assert "data" not in secret and "stringData" not in secret
+
+
+def test_dev_runs_its_own_postgres_and_redis(rendered: dict[str, list[Doc]]) -> None:
+    """`oc apply -k overlays/dev` on an empty project: the servers the URLs point at exist."""
+    docs = rendered["dev"]
+    for service, port in (("sluice-postgres", 5432), ("sluice-redis", 6379)):
+        svc = named(docs, "Service", service)
+        assert svc is not None and svc["spec"]["ports"][0]["port"] == port
+    (postgres,) = one(docs, "Deployment", "sluice-postgres")["spec"]["template"]["spec"]["containers"]
+    assert "pgvector" in postgres["image"] and "0.8" in postgres["image"]
+    assert "max_connections=100" in postgres["args"]
+    assert config_map(docs)["metadata"]["annotations"]["sluice/postgres-max-connections"] == "100"
+    # Trust auth is fenced: only Sluice's pods reach the two servers.
+    (policy,) = [p for p in of_kind(docs, "NetworkPolicy") if p["metadata"]["name"] == "sluice-dev-services"]
+    (rule,) = policy["spec"]["ingress"]
+    assert rule["from"] == [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "sluice"}}}]
+    assert not named(rendered["prod"], "Deployment", "sluice-postgres")
