@@ -146,6 +146,8 @@ def test_config_values_are_valid_settings(docs: list[Doc]) -> None:
                              redis_url="redis://redis:6379/0", **values)
     assert not settings.bench_reload_model_per_job
     assert not settings.uses_null_pool
+    # The images carry no torch (Dockerfile.*: torch only in the export stage).
+    assert settings.embedding_backend in ("onnx", "onnx-int8")
 
 
 def test_ports_match_settings(docs: list[Doc]) -> None:
