@@ -126,8 +126,23 @@ def config_map(docs: list[Doc]) -> Doc:
 
 
 def config(docs: list[Doc]) -> dict[str, str]:
+    """The shared settings (sluice-config)."""
     data: dict[str, str] = config_map(docs).get("data", {})
     return data
+
+
+def component_config_map(docs: list[Doc], component: str) -> Doc:
+    """sluice-webui-config / sluice-worker-config: what only that component's pods see."""
+    prefix = f"sluice-{component}-config"
+    found = [d for d in of_kind(docs, "ConfigMap") if d["metadata"]["name"].startswith(prefix)]
+    assert len(found) == 1, [d["metadata"]["name"] for d in found]
+    return found[0]
+
+
+def component_config(docs: list[Doc], component: str) -> dict[str, str]:
+    """The settings a component's containers get: shared, then its own."""
+    own: dict[str, str] = component_config_map(docs, component).get("data", {})
+    return {**config(docs), **own}
 
 
 def deployment(docs: list[Doc], component: str) -> Doc:

@@ -20,7 +20,7 @@ from .manifests import (
     KUSTOMIZE,
     Doc,
     autoscaled_max,
-    config,
+    component_config,
     config_map,
     deployment,
     render,
@@ -49,14 +49,14 @@ class Budget:
 
 
 def budget(docs: list[Doc]) -> Budget:
-    data = config(docs)
+    web, worker = component_config(docs, "webui"), component_config(docs, "worker")
     notes = config_map(docs)["metadata"].get("annotations", {})
     assert "sluice/postgres-max-connections" in notes, "the overlay must declare max_connections"
     return Budget(
         webui_pods=autoscaled_max(docs, deployment(docs, "webui")),
-        webui_per_pod=int(data["DATABASE_POOL_SIZE"]) + int(data["DATABASE_POOL_MAX_OVERFLOW"]),
+        webui_per_pod=int(web["DATABASE_POOL_SIZE"]) + int(web["DATABASE_POOL_MAX_OVERFLOW"]),
         worker_pods=autoscaled_max(docs, deployment(docs, "worker")),
-        worker_per_pod=int(data["WORKER_DB_POOL_SIZE"]),
+        worker_per_pod=int(worker["WORKER_DB_POOL_SIZE"]),
         reserved=int(notes["sluice/postgres-reserved-connections"]),
         max_connections=int(notes["sluice/postgres-max-connections"]),
         headroom=int(notes["sluice/postgres-headroom-connections"]),
@@ -102,6 +102,7 @@ resources:
 patches:
   - target:
       kind: ConfigMap
+      name: sluice-webui-config.*
     patch: |-
       - op: replace
         path: /data/DATABASE_POOL_SIZE

@@ -163,7 +163,8 @@ import shared.cli, webui.app, worker.main
 shared.cli.build_parser()
 from shared.embedding import load_embedder
 from shared.settings import load_settings
-vectors = load_embedder(load_settings(embedding_backend="onnx"), 1).encode(["runs without torch"], batch_size=1)
+embedder = load_embedder(load_settings(embedding_backend="onnx"), 1)
+vectors = embedder.encode(["runs without torch"], batch_size=1)
 assert vectors.shape == (1, 384), vectors.shape
 print("ok")
 """

@@ -101,6 +101,14 @@ def test_api_clients_have_a_route_past_the_proxy(prod: list[Doc]) -> None:
     assert api["spec"]["tls"]["termination"] == "edge"
 
 
+def test_the_webui_stays_the_default_container(prod: list[Doc]) -> None:
+    """`oc exec deploy/webui -- sluice keys ...` (deploy/README.md), `oc logs` and
+    `sluice doctor --overlay` reach the webui, not the sidecar."""
+    template = deployment(prod, "webui")["spec"]["template"]
+    assert template["spec"]["containers"][0]["name"] == "webui"
+    assert template["metadata"]["annotations"]["kubectl.kubernetes.io/default-container"] == "webui"
+
+
 def test_dev_has_no_proxy(rendered: dict[str, list[Doc]]) -> None:
     pod = deployment(rendered["dev"], "webui")["spec"]["template"]["spec"]
     assert [c["name"] for c in pod["containers"]] == ["webui"]

@@ -14,6 +14,8 @@ from .manifests import (
     CLUSTER_PARAMS,
     KUSTOMIZE,
     Doc,
+    component_config,
+    component_config_map,
     config,
     config_map,
     containers,
@@ -115,14 +117,29 @@ def test_webui_grace_period_covers_drain(docs: list[Doc]) -> None:
     assert web["command"] == ["sluice", "webui"]
 
 
+def component_of(who: str, docs: list[Doc]) -> str | None:
+    """webui / worker for their Deployments, None for other pods (the migration Job)."""
+    kind, name = who.split("/", 1)
+    for component in ("webui", "worker"):
+        if kind == "Deployment" and deployment(docs, component)["metadata"]["name"] == name:
+            return component
+    return None
+
+
 def test_webui_and_worker_share_config_and_secret(docs: list[Doc]) -> None:
     """Same ConfigMap and Secret for every Sluice container (init containers too),
-    so QUEUE_NAME, the DB/Redis URLs and the pool settings cannot diverge."""
+    so QUEUE_NAME and the DB/Redis URLs cannot diverge; plus each component's own
+    pool sizes, so no container carries a pool setting it does not use."""
     cm_name = config_map(docs)["metadata"]["name"]
-    expected = [{"configMapRef": {"name": cm_name}}, {"secretRef": {"name": secret_name(docs)}}]
     settings = {name.upper() for name in Settings.model_fields}
     for who, pod in sluice_pod_specs(docs):
         for c in sluice_containers(pod):
+            component = component_of(who, docs)
+            expected = [{"configMapRef": {"name": cm_name}}]
+            if component:
+                own = component_config_map(docs, component)["metadata"]["name"]
+                expected.append({"configMapRef": {"name": own}})
+            expected.append({"secretRef": {"name": secret_name(docs)}})
             assert c["envFrom"] == expected, f"{who}/{c['name']}"
             # No per-container override of a setting.
             overridden = {e["name"] for e in c.get("env", [])} & settings
@@ -130,7 +147,13 @@ def test_webui_and_worker_share_config_and_secret(docs: list[Doc]) -> None:
 
 
 def test_config_map_holds_every_setting_and_only_settings(docs: list[Doc]) -> None:
-    data = config(docs)
+    shared = set(config(docs))
+    own = {c: set(component_config_map(docs, c)["data"]) for c in ("webui", "worker")}
+    # Each setting in exactly one place; the pools where they are used.
+    assert not shared & own["webui"] and not shared & own["worker"] and not own["webui"] & own["worker"]
+    assert own["webui"] == {"DATABASE_POOL_SIZE", "DATABASE_POOL_MAX_OVERFLOW"}
+    assert own["worker"] == {"WORKER_DB_POOL_SIZE"}
+    data = shared | own["webui"] | own["worker"]
     settings = {name.upper() for name in Settings.model_fields}
     missing = settings - SECRET_SETTINGS - set(data)
     assert not missing, f"settings missing from base/config.env: {sorted(missing)}"
@@ -141,7 +164,7 @@ def test_config_map_holds_every_setting_and_only_settings(docs: list[Doc]) -> No
 
 def test_config_values_are_valid_settings(docs: list[Doc]) -> None:
     """The ConfigMap passes Settings' own validation (what the pods do at start)."""
-    values = {k.lower(): v for k, v in config(docs).items()}
+    values = {k.lower(): v for c in ("webui", "worker") for k, v in component_config(docs, c).items()}
     settings = load_settings(database_url="postgresql://u:p@db:5432/sluice",
                              redis_url="redis://redis:6379/0", **values)
     assert not settings.bench_reload_model_per_job
