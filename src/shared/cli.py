@@ -34,7 +34,7 @@ def _webui(settings: Settings, args: argparse.Namespace) -> int:
         "webui.app:create_app", factory=True, host=args.host or settings.host,
         port=args.port or settings.port, log_level=settings.log_level.lower(),
         # No proxy_headers: the trusted-proxy check must see the real peer address.
-        proxy_headers=False, timeout_graceful_shutdown=30,
+        proxy_headers=False, timeout_graceful_shutdown=settings.webui_drain_seconds,
     )
     return 0
 

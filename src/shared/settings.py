@@ -121,6 +121,10 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65_535)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # On SIGTERM the webui stops accepting connections and lets open requests
+    # (uploads, event streams) finish for this long before cutting them. The
+    # cluster sets it to cover a maximal upload; its grace period follows.
+    webui_drain_seconds: int = Field(default=30, ge=1, le=3_600)
     redis_async_max_connections: int = Field(default=10, ge=2, le=1_000)
 
     # --- Accounts and abuse limits -----------------------------------------
