@@ -94,7 +94,26 @@ def test_keda_reads_the_queue_the_workers_work(rendered: dict[str, list[Doc]]) -
     assert queues == [config(docs)["QUEUE_NAME"]]
     assert meta["authModes"] == "bearer"
     auth = one(docs, "TriggerAuthentication", trigger["authenticationRef"]["name"])
-    assert {r["parameter"] for r in auth["spec"]["secretTargetRef"]} == {"bearerToken", "ca"}
+    # A bound (short-lived) token requested by KEDA, not a legacy token Secret.
+    assert "secretTargetRef" not in auth["spec"]
+    (token,) = auth["spec"]["boundServiceAccountToken"]
+    assert token["parameter"] == "bearerToken"
+    account = one(docs, "ServiceAccount", token["serviceAccountName"])
+    assert account["automountServiceAccountToken"] is False
+    assert not [s for s in of_kind(docs, "Secret") if s.get("type") == "kubernetes.io/service-account-token"]
+    # KEDA may request tokens for that account only.
+    (requester,) = [r for r in of_kind(docs, "Role")
+                    if any("serviceaccounts/token" in rule["resources"] for rule in r["rules"])]
+    assert requester["rules"] == [{"apiGroups": [""], "resources": ["serviceaccounts/token"],
+                                   "verbs": ["create"], "resourceNames": [account["metadata"]["name"]]}]
+    binding = one(docs, "RoleBinding", requester["metadata"]["name"])
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "keda-operator",
+                                    "namespace": "openshift-keda"}]
+    # thanos-querier's certificate is checked against the injected service CA.
+    (ca,) = auth["spec"]["configMapTargetRef"]
+    assert ca["parameter"] == "ca" and ca["key"] == "service-ca.crt"
+    bundle = one(docs, "ConfigMap", ca["name"])
+    assert bundle["metadata"]["annotations"]["service.beta.openshift.io/inject-cabundle"] == "true"
 
 
 def test_service_monitors_scrape_both_metrics_endpoints(rendered: dict[str, list[Doc]]) -> None:

@@ -76,9 +76,14 @@ def _references(docs: list[Doc]) -> list[tuple[str, str, str]]:
                     refs.append((who, "TriggerAuthentication", trigger["authenticationRef"]["name"]))
         if d["kind"] == "TriggerAuthentication":
             refs += [(who, "Secret", ref["name"]) for ref in spec.get("secretTargetRef", [])]
+            refs += [(who, "ConfigMap", ref["name"]) for ref in spec.get("configMapTargetRef", [])]
+            refs += [(who, "ServiceAccount", ref["serviceAccountName"])
+                     for ref in spec.get("boundServiceAccountToken", [])]
         if d["kind"] == "RoleBinding":
             refs.append((who, d["roleRef"]["kind"], d["roleRef"]["name"]))
-            refs += [(who, s["kind"], s["name"]) for s in d["subjects"]]
+            # A subject in another namespace (KEDA's operator) is not ours to create.
+            refs += [(who, s["kind"], s["name"]) for s in d["subjects"]
+                     if s.get("namespace") in (None, d["metadata"].get("namespace"))]
         if d["kind"] == "Secret" and d.get("type") == "kubernetes.io/service-account-token":
             account = d["metadata"]["annotations"]["kubernetes.io/service-account.name"]
             refs.append((who, "ServiceAccount", account))
