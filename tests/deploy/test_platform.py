@@ -4,15 +4,19 @@ workloads they point at."""
 from __future__ import annotations
 
 import re
+import shutil
+from pathlib import Path
 
 from .manifests import (
     REPO,
     Doc,
     config,
+    configured,
     deployment,
     duration_seconds,
     of_kind,
     one,
+    render,
 )
 
 ALERTS = REPO / "deploy" / "alerts" / "sluice-alerts.yaml"
@@ -191,3 +195,30 @@ def test_prod_applies_components(rendered: dict[str, list[Doc]]) -> None:
         assert doc["metadata"]["namespace"] == "sluice" or doc["kind"] == "Namespace"
         assert doc["metadata"]["labels"]["app.kubernetes.io/part-of"] == "sluice", doc["kind"]
 
+
+
+def test_the_connection_alert_follows_the_overlays_declarations(
+    rendered: dict[str, list[Doc]], tmp_path: Path
+) -> None:
+    """SluicePostgresConnectionsNearMax needs no Postgres exporter: Sluice's own pool
+    metrics against the max_connections and reserved connections the overlay declares."""
+
+    def expr(docs: list[Doc]) -> str:
+        rule = one(docs, "PrometheusRule", "sluice-alerts")
+        (group,) = [g for g in rule["spec"]["groups"] if g["name"] == "sluice.connections"]
+        (alert,) = [r for r in group["rules"] if r.get("alert") == "SluicePostgresConnectionsNearMax"]
+        text: str = alert["expr"]
+        return text
+
+    assert expr(rendered["prod"]) == "sum(sluice_db_pool_max) + 6 > 0.8 * 100"
+    # No rule needs an exporter that is not deployed (postgres_exporter's pg_* series).
+    rule = one(rendered["prod"], "PrometheusRule", "sluice-alerts")
+    exprs = [r["expr"] for g in rule["spec"]["groups"] for r in g["rules"]]
+    assert not [e for e in exprs if re.search(r"\bpg_\w+", e)]
+    # Another server: the alert moves with the declaration.
+    shutil.copytree(configured(), tmp_path / "k")
+    prod = tmp_path / "k" / "overlays" / "prod" / "kustomization.yaml"
+    prod.write_text(prod.read_text()
+                    .replace('postgres-max-connections: "100"', 'postgres-max-connections: "400"')
+                    .replace('postgres-reserved-connections: "6"', 'postgres-reserved-connections: "9"'))
+    assert expr(render(prod.parent)) == "sum(sluice_db_pool_max) + 9 > 0.8 * 400"
