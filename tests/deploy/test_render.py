@@ -108,7 +108,9 @@ def _references(docs: list[Doc]) -> list[tuple[str, str, str]]:
 
 
 # Created by the operator, never by the overlays (see base/secret.example.yaml).
-EXTERNAL = {("Secret", "sluice-secrets"), ("ServiceAccount", "default")}
+EXTERNAL = {("Secret", "sluice-secrets"), ("ServiceAccount", "default"),
+            # Optional (the volume says so): the Postgres CA, for sslmode=verify-full.
+            ("ConfigMap", "sluice-db-ca")}
 
 
 def _assert_references_resolve(docs: list[Doc]) -> None:

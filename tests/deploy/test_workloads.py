@@ -300,3 +300,16 @@ def test_dev_runs_its_own_postgres_and_redis(rendered: dict[str, list[Doc]]) -> 
     (rule,) = policy["spec"]["ingress"]
     assert rule["from"] == [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "sluice"}}}]
     assert not named(rendered["prod"], "Deployment", "sluice-postgres")
+
+
+def test_the_postgres_ca_can_reach_every_sluice_container(docs: list[Doc]) -> None:
+    """DATABASE_URL's sslrootcert=/etc/sluice/db-ca/ca.crt works in every container that
+    connects (migrate, webui, worker); the ConfigMap is optional, so no TLS needs none."""
+    for who, pod in sluice_pod_specs(docs):
+        if not who.startswith("Deployment/"):
+            continue
+        (volume,) = [v for v in pod["volumes"] if v.get("configMap", {}).get("name") == "sluice-db-ca"]
+        assert volume["configMap"]["optional"] is True
+        for c in sluice_containers(pod):
+            assert {"name": volume["name"], "mountPath": "/etc/sluice/db-ca", "readOnly": True} in c[
+                "volumeMounts"], f"{who}/{c['name']}"
