@@ -5,10 +5,21 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 
-from .manifests import REPO, Doc, containers, deployment, main_container, named, of_kind
+from .manifests import (
+    REPO,
+    Doc,
+    containers,
+    deployment,
+    main_container,
+    named,
+    of_kind,
+    render,
+    temp_overlay,
+)
 
 COMPONENTS = ("webui", "worker")
 
@@ -86,3 +97,29 @@ def test_no_registry_host_or_namespace_in_image_paths(docs: list[Doc]) -> None:
             assert "image-registry.openshift-image-registry.svc" not in image, image
             namespace = dep["metadata"].get("namespace")
             assert not namespace or f"/{namespace}/" not in image, image
+
+
+def test_another_registry_by_digest(tmp_path: Path) -> None:
+    """components/external-registry + `images:` with digests: no triggers left, every
+    Sluice container on the pushed digest."""
+    digest = "sha256:" + "ab" * 32
+    docs = render(temp_overlay(tmp_path, f"""\
+apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+resources:
+  - {{kustomize}}/overlays/dev
+components:
+  - {{kustomize}}/components/external-registry
+images:
+  - name: sluice-webui
+    newName: quay.io/acme/sluice-webui
+    digest: {digest}
+  - name: sluice-worker
+    newName: quay.io/acme/sluice-worker
+    digest: {digest}
+"""))
+    for component in COMPONENTS:
+        dep = deployment(docs, component)
+        assert not triggers(dep)
+        for c in containers(dep["spec"]["template"]["spec"]):
+            assert c["image"] == f"quay.io/acme/sluice-{component}@{digest}"
