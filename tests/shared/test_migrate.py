@@ -16,9 +16,9 @@ from alembic import command
 from sqlalchemy import create_engine
 from sqlalchemy.exc import OperationalError
 
-from conftest import Servers
 from shared.migrate import _LOCK_ID, MigrationError, alembic_config, check_pgvector, run_migrations
 from shared.settings import Settings, load_settings
+from tests.support.stack import Servers
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ from sqlalchemy import Engine
 
 from shared.accounts import create_key, ensure_user
 from shared.db import sync_session_factory
+from shared.local.embedded import EmbeddedPostgres, EmbeddedRedis
 from tests.support.helpers import wait_until
 
 # Short intervals so retries, heartbeats and the reconciler act within a test's time.
@@ -123,3 +124,9 @@ def make_user(db_engine: Engine, label: str = "user") -> ApiUser:
         user = ensure_user(session, email)
         key = create_key(session, user, name="test")
         return ApiUser(str(user.id), email, key)
+
+
+@dataclass
+class Servers:
+    postgres: EmbeddedPostgres
+    redis: EmbeddedRedis

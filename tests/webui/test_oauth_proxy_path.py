@@ -17,10 +17,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from helpers import free_port, upload, wait_for_status
 from sqlalchemy import Engine, text
 
-from conftest import Proc, Stack, make_user, start_webui
+from tests.support.helpers import free_port, upload, wait_for_status
+from tests.support.stack import Proc, Stack, make_user, start_webui
 
 # What components/oauth-proxy puts into sluice-config.
 PROXY_CONFIG = {
