@@ -16,6 +16,7 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger("sluice.webui")
 
@@ -26,6 +27,20 @@ class ApiError(Exception):
     ):
         super().__init__(detail)
         self.status, self.code, self.detail, self.headers = status, code, detail, headers
+
+
+# Refusals that may leave the request body unread. The connection is closed after
+# them: a client that waits `Retry-After` then starts afresh, instead of reusing a
+# connection the server is about to drop (uvicorn's keep-alive is 5 s), and the
+# unread body is never parsed as a next request.
+_REFUSED_UNREAD = frozenset({401, 413, 415, 429})
+
+
+_HTTP_ERRORS = {
+    404: ("not_found", "there is no such page or API endpoint; see /docs"),
+    405: ("method_not_allowed", "this endpoint does not accept that HTTP method; see /docs"),
+    413: ("body_too_large", "the request body is too large; send less at once"),
+}
 
 
 def not_found(what: str = "file") -> ApiError:
@@ -39,13 +54,26 @@ def _json(status: int, code: str, detail: str, headers: dict[str, str] | None = 
 
 
 def _unavailable(detail: str) -> JSONResponse:
-    return _json(503, "service_unavailable", detail, {"Retry-After": "5"})
+    return _json(503, "service_unavailable", detail, {"Retry-After": "5", "Connection": "close"})
 
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, err: ApiError) -> JSONResponse:
-        return _json(err.status, err.code, err.detail, err.headers)
+        headers = err.headers
+        if err.status in _REFUSED_UNREAD:
+            headers = {**(headers or {}), "Connection": "close"}
+        return _json(err.status, err.code, err.detail, headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, err: StarletteHTTPException) -> JSONResponse:
+        # Raised by Starlette/FastAPI themselves: unknown path, wrong method, body over
+        # MAX_REQUEST_BODY_KB. Same shape as ours, with a sentence.
+        code, detail = _HTTP_ERRORS.get(err.status_code, ("http_error", str(err.detail)))
+        headers = dict(err.headers or {})
+        if err.status_code in _REFUSED_UNREAD:
+            headers["Connection"] = "close"
+        return _json(err.status_code, code, detail, headers)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, err: RequestValidationError) -> JSONResponse:

@@ -175,4 +175,6 @@ def test_health_endpoints(stack: Stack) -> None:
     ready = httpx.get(f"{stack.url}/readyz").json()
     assert ready["checks"] == {"database": "ok", "redis": "ok"}
     assert httpx.get(f"{stack.url}/openapi.json").status_code == 200
-    assert "http_requests_total" in httpx.get(f"{stack.url}/metrics").text
+    assert "http_requests_total" in httpx.get(stack.webui_metrics_url).text
+    # Not on the API port (the one the Route exposes).
+    assert httpx.get(f"{stack.url}/metrics").status_code == 404
