@@ -77,8 +77,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # No 307 to the slash-toggled path: an API client sends the documented path,
         # and the redirect let raw request paths into metric labels.
         redirect_slashes=False,
-        # Every body but the upload's (which raises it on its route, see routes/files.py).
-        max_body_size=settings.max_request_body_bytes,
         description="Upload documents; they are parsed, chunked and embedded for search.",
     )
     install_error_handlers(app)

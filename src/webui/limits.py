@@ -20,6 +20,7 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
+import anyio
 from limits import RateLimitItem, RateLimitItemPerMinute
 from limits.aio.storage import RedisStorage
 from limits.aio.strategies import MovingWindowRateLimiter
@@ -116,10 +117,13 @@ async def counted_slot(
         yield
     finally:
         if count is not None:
-            try:
-                await redis.decr(key)
-            except RedisError as err:  # the key expires by itself
-                log.warning("limits.slot_not_released error=%s", err)
+            # Shielded: a stream ends by cancellation when its client goes away, and an
+            # unshielded await here would be cancelled too, leaking the slot for an hour.
+            with anyio.CancelScope(shield=True):
+                try:
+                    await redis.decr(key)
+                except RedisError as err:  # the key expires by itself
+                    log.warning("limits.slot_not_released error=%s", err)
 
 
 def upload_slot(

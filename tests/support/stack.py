@@ -21,6 +21,7 @@ from tests.support.helpers import wait_until
 
 # Short intervals so retries, heartbeats and the reconciler act within a test's time.
 TEST_ENV = {
+    "EVENT_STREAMS_PER_USER": "50",  # test_events opens 50 per user; the cap test opens one more
     "WEBUI_METRICS_PORT": "0",  # several webuis per machine; `stack` gives its webui a free port
     "JOB_TIMEOUT": "60",
     "JOB_MAX_RETRIES": "2",

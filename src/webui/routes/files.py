@@ -37,13 +37,8 @@ async def _own_file(session: SessionDep, user_id: uuid.UUID, file_id: uuid.UUID)
     return file
 
 
-# The upload route's body cap: the largest MAX_UPLOAD_MB allowed, plus multipart
-# overhead. The configured limit is enforced exactly while streaming (webui.receive).
-_UPLOAD_BODY_CAP = (10_240 + 1) * 1024 * 1024
-
-
 @router.post(
-    "", status_code=202, response_model=FileRead, max_body_size=_UPLOAD_BODY_CAP,
+    "", status_code=202, response_model=FileRead,
     responses={200: {"description": "the same bytes were already uploaded by you"},
                413: {"description": "file too large"}},
 )
