@@ -67,6 +67,10 @@ def test_missing_or_bad_key_is_401(stack: Stack) -> None:
 def test_bad_requests_get_readable_4xx(client: httpx.Client) -> None:
     r = client.post("/api/v1/files", content=b"not multipart", headers={"content-type": "text/plain"})
     assert r.status_code == 415
+    r = client.post("/api/v1/files", content=b"--b\r\nContent-Disposition: form-data\r\n\r\nx",
+                    headers={"content-type": "multipart/form-data; boundary=zz"})
+    assert r.status_code == 400 and r.json()["code"] == "malformed_upload"
+    assert r.json()["detail"].startswith("the upload is not valid multipart")  # a sentence
     r = client.post("/api/v1/files", files={"other": ("x.txt", b"abc")})
     assert r.status_code == 400 and "file" in r.json()["detail"]
     r = upload(client, "empty.txt", b"")
