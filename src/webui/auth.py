@@ -48,7 +48,11 @@ async def authenticate(state: AppState, headers: Headers, peer: str) -> User:
     scheme, _, token = headers.get("authorization", "").partition(" ")
     if scheme.lower() == "bearer" and token.strip():
         address = client_address(state.settings, headers, peer)
-        await state.limits.check_auth_failures(address)
+        try:
+            await state.limits.check_auth_failures(address)
+        except ApiError:
+            state.metrics.auth_failures.labels(outcome="rate_limited").inc()
+            raise
         try:
             user = await _user_from_key(state, token.strip())
         except ApiError:

@@ -35,6 +35,7 @@ async def events(request: Request, user: CurrentUser, state: StateDep) -> Stream
         event_stream_slot(state.aredis, user.id, state.settings.event_streams_per_user)
     )
     sub = hub.subscribe(user_id)
+    state.metrics.event_streams.inc()
     missed = hub.replay(user_id, request.headers.get("last-event-id"))
 
     async def stream() -> AsyncIterator[str]:
@@ -56,6 +57,7 @@ async def events(request: Request, user: CurrentUser, state: StateDep) -> Stream
                 yield _frame(*item)
         finally:
             hub.unsubscribe(sub)
+            state.metrics.event_streams.dec()
             await slot.aclose()
 
     return StreamingResponse(
