@@ -7,6 +7,7 @@ request can simply be tried again.
 from __future__ import annotations
 
 import logging
+import uuid
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -112,6 +113,19 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _redis_down(_: Request, err: RedisError) -> JSONResponse:
         log.warning("redis.unavailable error=%s", err)
         return _unavailable("the queue is unavailable; try again shortly")
+
+    @app.exception_handler(Exception)
+    async def _bug(request: Request, err: Exception) -> JSONResponse:
+        # A bug: the detail goes to the log under an id the person can quote, not to them.
+        incident = uuid.uuid4().hex[:12]
+        log.error("webui.unhandled incident=%s method=%s path=%s", incident, request.method,
+                  request.url.path, exc_info=err)
+        return _json(500, "internal_error",
+                     f"something went wrong on our side; try again, "
+                     f"and if it keeps happening give the operator this reference: {incident}",
+                     # uvicorn drops the connection after an unhandled error: say so, or
+                     # the client's next request on it meets a reset.
+                     {"Connection": "close"}, incident=incident)
 
     @app.exception_handler(ConnectionError)
     @app.exception_handler(OSError)

@@ -195,3 +195,33 @@ def test_batch_status_shows_only_your_files(stack: Stack, client: httpx.Client,
                       headers={"Authorization": f"Bearer {other.key}"}) as c:
         r = c.post("/api/v1/files/status", json={"ids": [mine]})
     assert r.status_code == 200 and r.json() == {"items": [], "missing": [mine]}
+
+
+_FAIL_AT_COMMIT = """
+CREATE OR REPLACE FUNCTION sluice_test_fail_at_commit() RETURNS trigger AS $$
+BEGIN RAISE EXCEPTION 'refused at commit (test)'; END $$ LANGUAGE plpgsql;
+DROP TRIGGER IF EXISTS sluice_test_fail_at_commit ON api_keys;
+CREATE CONSTRAINT TRIGGER sluice_test_fail_at_commit AFTER INSERT ON api_keys
+DEFERRABLE INITIALLY DEFERRED FOR EACH ROW WHEN (NEW.name = 'fail-at-commit')
+EXECUTE FUNCTION sluice_test_fail_at_commit();
+"""
+
+
+def test_a_failed_commit_is_never_a_2xx(stack: Stack, db_engine: Engine) -> None:
+    """A deferred constraint fails only at COMMIT. Before: the commit ran after the
+    response was sent, so the client had its 201 for a key that never existed."""
+    target = make_user(db_engine, "failcommit")
+    with db_engine.begin() as conn:
+        conn.exec_driver_sql(_FAIL_AT_COMMIT)
+    try:
+        with httpx.Client(base_url=stack.url, headers=_admin(db_engine), timeout=30) as admin:
+            r = admin.post(f"/api/v1/admin/users/{target.id}/keys", json={"name": "fail-at-commit"})
+            assert r.status_code == 500, r.text
+            assert r.json()["code"] == "internal_error" and "try again" in r.json()["detail"]
+            assert "refused at commit" not in r.text  # the detail is in the log, not the answer
+            assert r.json()["incident"] in stack.webui.log()
+            keys = admin.get(f"/api/v1/admin/users/{target.id}/keys").json()
+            assert [k["name"] for k in keys] == ["test"]
+    finally:
+        with db_engine.begin() as conn:
+            conn.exec_driver_sql("DROP TRIGGER IF EXISTS sluice_test_fail_at_commit ON api_keys")
