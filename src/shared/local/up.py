@@ -123,7 +123,8 @@ def run_up(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGTERM, _on_signal)
         stack.callback(_stop, procs)
         url = f"http://127.0.0.1:{args.port}"
-        procs.append(_spawn(["webui", "--host", "127.0.0.1", "--port", str(args.port)], env))
+        webui_env = {**env, "WEBUI_METRICS_HOST": env.get("WEBUI_METRICS_HOST", "127.0.0.1")}
+        procs.append(_spawn(["webui", "--host", "127.0.0.1", "--port", str(args.port)], webui_env))
         metrics_port = int(env.get("WORKER_METRICS_PORT", "9100"))
         for i in range(args.workers):
             # Each worker serves /metrics on its own port (9100, 9101, …) on loopback; 0 = off.
