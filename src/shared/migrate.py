@@ -37,6 +37,7 @@ def run_migrations(settings: Settings) -> None:
             conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _LOCK_ID})
             cfg = alembic_config()
             cfg.attributes["connection"] = conn
+            cfg.attributes["settings"] = settings  # e.g. SEARCH_TEXT_CONFIG for 0004
             command.upgrade(cfg, "head")
         log.info("migrate.done revision=head")
     finally:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import anyio
 from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 from rq import Queue
@@ -14,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from shared.embedding import Embedder
 from shared.settings import Settings
 from webui.events import EventHub
+from webui.query_encoder import QueryEncoder
 
 
 @dataclass
@@ -25,7 +25,8 @@ class AppState:
     aredis: AsyncRedis  # the one async pool: event subscription and per-user limits
     queue: Queue
     embedder: Embedder
-    # Queries are encoded one at a time with one intra-op thread: the webui's CPU
+    # Queries are encoded in micro-batches with one intra-op thread: the webui's CPU
     # belongs to request handling, not to a pile of parallel encodes.
-    encode_limiter: anyio.CapacityLimiter
+    query_encoder: QueryEncoder
+    text_config: str  # the regconfig chunks.tsv was generated with (webui/search.py)
     events: EventHub  # the one pub/sub subscription of this process

@@ -19,6 +19,8 @@ from shared.document_errors import DocumentRejected
 from shared.models import File, FileStatus
 from shared.queue import enqueue_ingest
 from shared.storage import new_storage_key, remove_stored, stored_path
+from webui.access import readable_file
+from webui.collections import add_files, collection_for_upload
 from webui.deps import CurrentUser, SessionDep, StateDep
 from webui.errors import ApiError, not_found
 from webui.limits import upload_slot
@@ -77,11 +79,19 @@ async def upload_file(
     except DocumentRejected as err:
         await discard(received.temp_path)
         raise ApiError(415, "unsupported_type", str(err)) from None
+    try:  # optional form field `collection_id`: the file goes into that collection too
+        collection = await collection_for_upload(session, owner_id, received.fields)
+    except ApiError:
+        await discard(received.temp_path)
+        raise
     existing = await session.scalar(
         select(File).where(File.owner_id == owner_id, File.sha256 == received.sha256)
     )
     if existing is not None:
         await discard(received.temp_path)
+        if collection is not None:
+            await add_files(session, collection, [existing.id])
+            await session.commit()
         return _existing(existing)
     if await _stored_bytes(session, owner_id) + received.size > quota:
         await discard(received.temp_path)
@@ -96,6 +106,9 @@ async def upload_file(
     )
     session.add(file)
     try:
+        if collection is not None:
+            await session.flush()
+            await add_files(session, collection, [file.id])
         # Commit first, enqueue second: a worker never sees an uncommitted file.
         await session.commit()
     except IntegrityError:
@@ -156,7 +169,8 @@ async def list_files(
 
 @router.get("/{file_id}", response_model=FileRead)
 async def get_file(file_id: uuid.UUID, session: SessionDep, user: CurrentUser) -> File:
-    return await _own_file(session, user.id, file_id)
+    """Yours, or in a collection shared with you."""
+    return await readable_file(session, user.id, file_id)
 
 
 @router.get("/{file_id}/content", response_class=FileResponse)
@@ -164,7 +178,7 @@ async def get_content(
     file_id: uuid.UUID, session: SessionDep, user: CurrentUser, state: StateDep
 ) -> FileResponse:
     """The original bytes, as an attachment (RFC 6266 `filename*` for any name)."""
-    file = await _own_file(session, user.id, file_id)
+    file = await readable_file(session, user.id, file_id)
     path = stored_path(state.settings.upload_dir, file.storage_key)
     # The session closes only after the response is sent: end its transaction now, so
     # a slow download does not hold a pooled connection.
