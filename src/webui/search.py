@@ -49,15 +49,17 @@ class Scope:
     chunks: str
     files: str
     params: dict[str, object]
+    label: str  # for messages: whose files these are
 
 
 def own_scope(owner: uuid.UUID) -> Scope:
-    return Scope("c.owner_id = :owner", "f.owner_id = :owner", {"owner": owner})
+    return Scope("c.owner_id = :owner", "f.owner_id = :owner", {"owner": owner}, "your files")
 
 
 def collections_scope(collection_ids: list[uuid.UUID]) -> Scope:
     member = "(SELECT cf.file_id FROM collection_files cf WHERE cf.collection_id = ANY(:cids))"
-    return Scope(f"c.file_id IN {member}", f"f.id IN {member}", {"cids": collection_ids})
+    return Scope(f"c.file_id IN {member}", f"f.id IN {member}", {"cids": collection_ids},
+                 "the files in these collections")
 
 
 # The filters (scope, backend, file_ids) sit inside both halves: pgvector's
@@ -142,7 +144,7 @@ async def check_embedding_space(
         found = ", ".join(f"{r.files} with {r.model}/{r.backend}" for r in rows)
         raise ApiError(
             409, "embedding_mismatch",
-            f"search refused: {sum(r.files for r in rows)} of the files searched were embedded "
+            f"search refused: {sum(r.files for r in rows)} of {scope.label} were embedded "
             f"with a different model or embedding backend ({found}) than this server's query "
             f"encoder ({embedder.name}/{embedder.backend}; compatible backends: "
             f"{', '.join(backends)}). Comparing vectors from different spaces gives wrong "
@@ -168,8 +170,12 @@ async def search(
     else:
         scope = own_scope(user_id)
     backends = await check_embedding_space(session, state, scope, body.file_ids)
-    await session.execute(text(f"SET LOCAL hnsw.ef_search = {int(settings.hnsw_ef_search)}"))
-    await session.execute(text("SET LOCAL hnsw.iterative_scan = strict_order"))
+    # One round trip for both knobs (transaction-local): under load every round trip made
+    # while holding a pooled connection also waits its turn on the event loop.
+    await session.execute(
+        text("SELECT set_config('hnsw.ef_search', :ef, true), "
+             "set_config('hnsw.iterative_scan', 'strict_order', true)"),
+        {"ef": str(int(settings.hnsw_ef_search))})
     params: dict[str, object] = {
         **scope.params, "vec": str(vector.tolist()), "query": body.query, "cfg": state.text_config,
         "backends": backends, "k": body.top_k, "n": max(CANDIDATES_MIN, 4 * body.top_k),
