@@ -95,13 +95,18 @@ def source_of(ref: str, into: Path) -> Path:
 
 
 async def _client_loop(client: httpx.AsyncClient, keys: list[str], queries: list[str],
-                       until: float, rng: random.Random, out: list[tuple[float, int]]) -> None:
+                       until: float, rng: random.Random, out: list[tuple[float, int]],
+                       server: list[tuple[float, float]]) -> None:
     while time.perf_counter() < until:
         body = {"query": rng.choice(queries), "top_k": 10}
         headers = {"Authorization": f"Bearer {rng.choice(keys)}"}
         t = time.perf_counter()
         try:
-            status = (await client.post("/api/v1/search", json=body, headers=headers)).status_code
+            r = await client.post("/api/v1/search", json=body, headers=headers)
+            status = r.status_code
+            if status == 200:  # the server's own view: whole handler, and encoder wait
+                data = r.json()
+                server.append((data["took_ms"], data.get("encode_ms", float("nan"))))
         except httpx.HTTPError:
             status = 0
         out.append((time.perf_counter() - t, status))
@@ -112,10 +117,11 @@ async def run_level(url: str, keys: list[str], queries: list[str], clients: int,
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
         results: list[tuple[float, int]] = []
+        server: list[tuple[float, float]] = []
         started = time.perf_counter()
         until = started + seconds
-        await asyncio.gather(*(_client_loop(client, keys, queries, until, random.Random(i), results)
-                               for i in range(clients)))
+        await asyncio.gather(*(_client_loop(client, keys, queries, until, random.Random(i),
+                                            results, server) for i in range(clients)))
         elapsed = time.perf_counter() - started
     ok = np.array([t for t, s in results if s == 200]) * 1000
     errors: dict[str, int] = {}
@@ -124,7 +130,9 @@ async def run_level(url: str, keys: list[str], queries: list[str], clients: int,
             errors[str(s)] = errors.get(str(s), 0) + 1
     pct = (lambda q: float(np.percentile(ok, q))) if len(ok) else (lambda q: float("nan"))
     return {"clients": clients, "searches": len(results), "per_s": len(ok) / elapsed,
-            "p50_ms": pct(50), "p95_ms": pct(95), "p99_ms": pct(99), "errors": errors}
+            "p50_ms": pct(50), "p95_ms": pct(95), "p99_ms": pct(99), "errors": errors,
+            "server_took_ms": float(np.mean([t for t, _ in server])) if server else float("nan"),
+            "server_encode_ms": float(np.mean([e for _, e in server])) if server else float("nan")}
 
 
 def bench_variant(name: str, src: Path, servers: Servers, root: Path, keys: list[str],
@@ -152,7 +160,8 @@ def bench_variant(name: str, src: Path, servers: Servers, root: Path, keys: list
             row = asyncio.run(run_level(url, keys, queries, c, seconds))
             print(f"  {name:6} {c:4} clients: {row['per_s']:6.1f} searches/s  p50 "
                   f"{row['p50_ms']:7.1f}  p95 {row['p95_ms']:7.1f}  p99 {row['p99_ms']:7.1f} ms  "
-                  f"errors {row['errors'] or 0}", flush=True)
+                  f"errors {row['errors'] or 0}  server took {row['server_took_ms']:.0f} ms "
+                  f"(encoder {row['server_encode_ms']:.0f})", flush=True)
             rows.append(row)
         return rows
     finally:

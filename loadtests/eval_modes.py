@@ -49,8 +49,34 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1e-3, steps: int = 50
     return w
 
 
+def threshold_table(w: np.ndarray, hit_feats: list[list[tuple[float, bool]]],
+                    ranked: list[list[int]], relevant: list[set[int]], sets: list[str]
+                    ) -> list[dict[str, float]]:
+    """The policy of webui/search.py for candidate thresholds: no hits at all unless the
+    best hit reaches `query` ("no close match"), then hits under `hit` dropped. Per pair:
+    recall@10 kept per set, share of off-topic queries still answered, hits dropped."""
+    probs = [1 / (1 + np.exp(-features(f) @ w)) if f else np.zeros(0) for f in hit_feats]
+    rows = []
+    for tq in (0.0, 0.05, 0.1, 0.15, 0.2, 0.25):
+        for th in (0.0, 0.02, 0.05):
+            kept_ranked, dropped, total = [], 0, 0
+            for top, p in zip(ranked, probs, strict=True):
+                gate = len(p) > 0 and float(p.max()) >= tq
+                kept = [c for c, pi in zip(top, p, strict=True) if gate and pi >= th]
+                kept_ranked.append(kept)
+                dropped += len(top) - len(kept)
+                total += len(top)
+            row = {"query": tq, "hit": th, "dropped": dropped / max(total, 1)}
+            for name in ("labelled", "identifier"):
+                row[name] = subset_metrics(kept_ranked, relevant, sets, name)[0]
+            off = [bool(k) for k, s in zip(kept_ranked, sets, strict=True) if s == "offtopic"]
+            row["offtopic_answered"] = sum(off) / max(len(off), 1)
+            rows.append(row)
+    return rows
+
+
 def calibrate(hit_feats: list[list[tuple[float, bool]]], ranked: list[list[int]],
-              relevant: list[set[int]]) -> dict[str, Any]:
+              relevant: list[set[int]], sets: list[str]) -> dict[str, Any]:
     xs, ys = [], []
     for feats, top, rel in zip(hit_feats, ranked, relevant, strict=True):
         if feats:
@@ -59,6 +85,7 @@ def calibrate(hit_feats: list[list[tuple[float, bool]]], ranked: list[list[int]]
     x, y = np.concatenate(xs), np.array(ys)
     w = fit_logistic(x, y)
     p = 1 / (1 + np.exp(-x @ w))
+    thresholds = threshold_table(w, hit_feats, ranked, relevant, sets)
     bands = []
     for lo, hi in [(0, .1), (.1, .35), (.35, .5), (.5, .7), (.7, .9), (.9, 1.01)]:
         m = (p >= lo) & (p < hi)
@@ -66,7 +93,8 @@ def calibrate(hit_feats: list[list[tuple[float, bool]]], ranked: list[list[int]]
             bands.append({"band": f"{lo:.2f}-{min(hi, 1):.2f}", "hits": int(m.sum()),
                           "predicted": float(p[m].mean()), "observed": float(y[m].mean())})
     return {"weights": dict(zip(("bias", "cosine", "text", "gap"), map(float, w), strict=True)),
-            "hits": len(y), "relevant_share": float(y.mean()), "reliability": bands}
+            "hits": len(y), "relevant_share": float(y.mean()), "reliability": bands,
+            "thresholds": thresholds}
 
 
 def compare(store: Any, owner: Any, backends: list[str], qv: np.ndarray, queries: list[str],
@@ -81,7 +109,7 @@ def compare(store: Any, owner: Any, backends: list[str], qv: np.ndarray, queries
             r, m = subset_metrics(ranked, relevant, sets, name)
             row[name] = {"recall@10": r, "mrr@10": m}
         if mode == "hybrid":
-            row["calibration"] = calibrate(feats, ranked, relevant)
+            row["calibration"] = calibrate(feats, ranked, relevant, sets)
         out[mode] = row
     return out
 
@@ -101,3 +129,8 @@ def print_modes(label: str, backend: str, res: dict[str, Any]) -> None:
     for b in cal["reliability"]:
         print(f"    score {b['band']}: {b['hits']:5} hits, predicted {b['predicted']:.2f}, "
               f"observed {b['observed']:.2f}")
+    print("  thresholds (best hit / each hit): labelled R@10, identifier R@10, off-topic "
+          "questions answered, hits dropped")
+    for t in cal["thresholds"]:
+        print(f"    {t['query']:.2f} / {t['hit']:.2f}: {t['labelled']:.3f}  {t['identifier']:.3f}  "
+              f"{t['offtopic_answered']:.2f}  {t['dropped']:.2f}")

@@ -81,11 +81,11 @@ class Chunked:
 
 def load_set(path: Path = DATA) -> EvalSet:
     """The labelled set plus the generated exact-identifier set (identifier_set.py)."""
-    from identifier_set import identifier_rows
+    from identifier_set import identifier_rows, offtopic_rows
 
     docs, queries = [], []
     lines = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
-    for row in lines + identifier_rows():
+    for row in lines + identifier_rows() + offtopic_rows():
         if row["type"] == "doc":
             docs.append(row)
         elif row["type"] == "query":
@@ -118,6 +118,9 @@ def chunk_set(es: EvalSet, settings: Settings) -> Chunked:
             out.token_counts.append(c.token_count)
             out.chunk_objs.append(c)
     for q in es.queries:
+        if q.get("doc") is None:  # an off-topic query: nothing in the corpus answers it
+            out.relevant.append(set())
+            continue
         p0, p1 = int(q["start"]), int(q["end"])
         rel = set()
         for c0, c1, n in spans[q["doc"]]:
@@ -329,7 +332,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     print(f"eval set: {len(es.docs)} documents -> {len(ch.texts)} chunks "
           f"(CHUNK_SIZE={settings.chunk_size}, overlap {settings.chunk_overlap}); "
           f"{len(queries)} queries; relevant chunks per query: "
-          f"{statistics.fmean(len(r) for r in ch.relevant):.2f}")
+          f"{statistics.fmean(len(r) for r in ch.relevant if r):.2f}")
     backends = args.backends.split(",")
     vecs: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     report: dict[str, Any] = {"chunks": len(ch.texts), "queries": len(queries), "backends": {},

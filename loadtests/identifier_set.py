@@ -44,3 +44,24 @@ def identifier_rows(per_family: int = 20, seed: int = 20261201) -> list[dict[str
             rows.append({"type": "query", "id": f"q-{code}", "doc": doc_id, "query": query,
                          "start": 0, "end": len(text), "set": "identifier"})
     return rows
+
+
+# Questions nothing in the corpus answers: a search should say "no close match"
+# rather than return ten passages. Used to choose SEARCH_MIN_RELEVANCE.
+OFF_TOPIC = [
+    "recipe for lemon drizzle cake", "best time to plant tulip bulbs",
+    "how to tune a violin string", "medieval tapestry weaving in flemish guilds",
+    "rules of cricket leg before wicket", "symptoms of vitamin d deficiency",
+    "history of the byzantine empire", "how do bees make honey",
+    "train times from leeds to york", "what is the capital of mongolia",
+    "knitting pattern for a wool scarf", "how to care for a bonsai tree",
+    "olympic marathon world record", "wine pairing for roast lamb",
+    "how to fix a flat bicycle tyre", "famous paintings by rembrandt",
+    "migration routes of arctic terns", "how to brew sourdough starter",
+    "volcanic eruptions in iceland", "saxophone fingering chart",
+]
+
+
+def offtopic_rows() -> list[dict[str, Any]]:
+    return [{"type": "query", "id": f"off-{i}", "doc": None, "query": q, "set": "offtopic"}
+            for i, q in enumerate(OFF_TOPIC)]

@@ -188,12 +188,15 @@ async def search(
     in_collections = await _collections_of(session, scope, [r.file_id for r in rows])
     await session.commit()  # the connection goes back before the answer is built
 
-    threshold = settings.search_min_relevance
+    # Two thresholds (README, "Search"): nothing unless the best hit is a close match,
+    # then no hit that is itself very unlikely.
     best = max((float(r.similarity) for r in rows), default=0.0)
+    scores = [relevance(float(r.similarity), r.tr is not None, best) for r in rows]
+    close = bool(scores) and max(scores) >= settings.search_min_relevance
     hits, dropped = [], 0
-    for r in rows:
-        score = relevance(float(r.similarity), r.tr is not None, best)
-        if score < threshold:
+    for r, score in zip(rows, scores, strict=True):
+        weak = not close or score < settings.search_hit_min_relevance
+        if weak:
             dropped += 1
             if not body.include_weak:
                 continue
@@ -201,7 +204,7 @@ async def search(
         hits.append(SearchHit(
             file_id=r.file_id, filename=r.filename, chunk_index=r.idx, text=r.text,
             snippet=snippet.text, highlights=snippet.highlights, matched=matched(r.vr, r.tr),
-            score=round(score, 4), strength=strength(score, threshold),
+            score=round(score, 4), strength="weak" if weak else strength(score),
             similarity=round(float(r.similarity), 4),
             collection_ids=in_collections.get(r.file_id, []),
         ))
@@ -209,7 +212,9 @@ async def search(
     return SearchResponse(
         query=body.query, mode=body.mode, hits=hits,
         groups=group_by_file(hits) if body.group_by_file else None,
-        threshold=threshold, below_threshold=dropped, took_ms=round(took, 1),
+        threshold=settings.search_min_relevance,
+        hit_threshold=settings.search_hit_min_relevance, no_close_match=bool(rows) and not close,
+        below_threshold=dropped, took_ms=round(took, 1),
         encode_ms=round(encode_ms, 1),
     )
 

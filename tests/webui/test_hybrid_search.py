@@ -69,7 +69,8 @@ def test_hybrid_finds_exact_identifiers_that_vector_search_misses(
             vector_first += bool(v) and v[0]["file_id"] == want
             h = _search(c, code)["hits"]
             assert h and h[0]["file_id"] == want, (code, [x["filename"] for x in h])
-            assert h[0]["matched"] in ("text", "both") and h[0]["strength"] == "strong"
+            assert h[0]["matched"] in ("text", "both") and h[0]["strength"] != "weak"
+            assert h[0]["score"] == max(x["score"] for x in h)
             hybrid_first += 1
     assert hybrid_first == 12
     # All twelve look alike to the embedding model: it ranks the right one first by chance.
@@ -99,6 +100,7 @@ def test_weak_hits_are_dropped_or_flagged(stack: Stack, parts: dict[str, Any]) -
         flagged = _search(c, nonsense, include_weak=True)
         good = _search(c, CODES[3])
     assert dropped["hits"] == [] and dropped["below_threshold"] == len(flagged["hits"]) > 0
+    assert dropped["no_close_match"] and not good["no_close_match"]
     assert {h["strength"] for h in flagged["hits"]} == {"weak"}
     assert all(h["score"] < flagged["threshold"] for h in flagged["hits"])
     assert good["hits"][0]["score"] > max(h["score"] for h in flagged["hits"])

@@ -31,7 +31,7 @@ def test_relevance_rises_with_similarity_and_a_text_match() -> None:
 
 
 def test_strength_bands_and_why() -> None:
-    assert [strength(x, 0.35) for x in (0.1, 0.4, 0.95)] == ["weak", "partial", "strong"]
+    assert [strength(x) for x in (0.1, 0.4, 0.95)] == ["partial", "partial", "strong"]
     assert (matched(1, None), matched(None, 2), matched(3, 1)) == ("vector", "text", "both")
 
 
