@@ -15,7 +15,7 @@ before and after the hybrid / micro-batched search, on one seeded table.
    of the labelled eval set, as a random user), waits for the answer, and repeats.
    Reported per level: searches/s, p50/p95/p99, errors by status.
 
-`--quick`: 10k chunks, 4 s per level, 300 base sentences. Traffic goes only to
+`--quick`: 10k chunks, 8 s per level, 300 base sentences. Traffic goes only to
 127.0.0.1; servers and webuis are stopped on exit. Numbers depend on the machine:
 on a shared one, read them side by side, not alone.
 """
@@ -180,7 +180,7 @@ def main() -> None:
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
     chunks = args.chunks or (10_000 if args.quick else 100_000)
-    seconds = args.duration or (4.0 if args.quick else 20.0)
+    seconds = args.duration or (8.0 if args.quick else 20.0)
     levels = [int(x) for x in args.levels.split(",")]
     sentences, queries = eval_texts()
     sentences = sentences[:300] if args.quick else sentences[:1500]

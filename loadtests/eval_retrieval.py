@@ -15,6 +15,11 @@ summary itself is not in the corpus). Per backend (torch, onnx, onnx-int8):
 4. query with the webui's search SQL (owner filter, `hnsw.ef_search`, iterative
    scan) at several ef_search values, and exactly (index scans off).
 
+The labelled set is extended with generated exact-identifier queries and off-topic
+questions (identifier_set.py); the tables above count the labelled queries only.
+Then vector-only, text-only and hybrid search side by side through the webui's SQL,
+with the calibration fit and the threshold table (eval_modes.py).
+
 Reported: recall@10 (share of queries with a relevant chunk in the top 10),
 MRR@10, and the HNSW top-10's overlap with the exact top-10 ("HNSW recall"),
 first over the eval rows alone, then with N synthetic distractor chunks of

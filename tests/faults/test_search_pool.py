@@ -5,13 +5,15 @@ search holds its connection only for its SQL, so a small pool serves many
 concurrent searches: none may answer 503 (DATABASE_POOL_TIMEOUT is the default
 10 s), and p95 must stay within a bound derived from the benchmark.
 
-The bound: loadtests/bench_search.py shows searches at high concurrency are
-bound by the query encoder (README, "Search"), so a burst of N searches cannot
-finish before N / (the encoder's batched rate); p95 may take at most twice that
-(plus 1 s for the HTTP and SQL work), with the rate measured here, on this
-machine, right before the burst, as the benchmark measures its ceiling. The old
-order (each search holding a connection while queueing for a one-at-a-time
-encoder) needs N / (the one-at-a-time rate) and times out on the pool.
+The bound: loadtests/bench_search.py shows that on a CPU-bound machine a search's
+cost is its encoding plus a fixed rest (HTTP, auth, SQL: the latency at one client
+minus `encode_ms`), and that concurrency does not make either cheaper. So a burst of
+N cannot take longer than doing the N searches one after another, N × rest plus
+N / (the encoder's batched rate), if nothing waits idle for a pooled connection.
+Both are measured here, on this machine, right before the burst (the machine may
+be busy); p95 may take 1.5 × that, plus 1 s. The old order (each search holding a
+connection while queueing for a one-at-a-time encoder) leaves connections idle
+while others wait, and times out on the pool.
 """
 
 from __future__ import annotations
@@ -38,16 +40,26 @@ CLIENTS = 100
 BATCH = 16  # QUERY_BATCH_MAX's default
 
 
-def _p95_bound(settings: Settings) -> float:
-    """2 × the time the encoder needs for CLIENTS queries in batches, + 1 s."""
+def _encoder_rate(settings: Settings) -> float:
+    """Queries/s of the webui's encoder (one thread) in batches of BATCH."""
     embedder = load_embedder(settings, 1)
     embedder.warm_up()
     queries = [f"tide gauge reading {i}" for i in range(BATCH)]
     started = time.perf_counter()
     for _ in range(3):
         embedder.encode(queries, batch_size=BATCH)
-    rate = 3 * BATCH / (time.perf_counter() - started)
-    return 2 * CLIENTS / rate + 1.0
+    return 3 * BATCH / (time.perf_counter() - started)
+
+
+def _rest_seconds(client: httpx.Client) -> float:
+    """Median time of one search outside the encoder (HTTP, auth, SQL), one at a time."""
+    rest = []
+    for i in range(10):
+        started = time.perf_counter()
+        body = client.post("/api/v1/search", json={"query": f"tide gauge {i}", "top_k": 5,
+                                                    "include_weak": True}).json()
+        rest.append(time.perf_counter() - started - body["encode_ms"] / 1000)
+    return float(np.median(rest))
 
 
 def _seed(fault_stack: FaultStack, owner: str, files: int = 5, chunks: int = 40) -> None:
@@ -78,7 +90,10 @@ def test_a_hundred_concurrent_searches_on_a_pool_of_five_plus_three(
     web = fault_stack.start_webui()
     user = fault_stack.user("pool")
     _seed(fault_stack, user.id)
-    bound = _p95_bound(fault_stack.settings)
+    with fault_stack.client(user, web) as c:
+        rest = _rest_seconds(c)
+    rate = _encoder_rate(fault_stack.settings)
+    bound = 1.5 * (CLIENTS * rest + CLIENTS / rate) + 1.0
     start = threading.Barrier(CLIENTS)
 
     def search(i: int) -> tuple[float, httpx.Response]:
@@ -95,7 +110,7 @@ def test_a_hundred_concurrent_searches_on_a_pool_of_five_plus_three(
     assert codes == {200: CLIENTS}, [(r.status_code, r.text[:200]) for _, r in answers
                                      if r.status_code != 200][:5]
     p95 = float(np.percentile([t for t, _ in answers], 95))
-    assert p95 < bound, f"p95 {p95:.2f} s over {bound:.2f} s"
+    assert p95 < bound, f"p95 {p95:.2f} s over {bound:.2f} s (rest {rest:.3f} s, {rate:.0f} q/s)"
     assert all(r.json()["hits"] for _, r in answers)
     # The encoder batched: fewer encoder calls than searches.
     metrics = httpx.get(f"{web.url}/metrics").text
