@@ -91,14 +91,18 @@ txt AS MATERIALIZED ({text_half}),
 fused AS (
   SELECT id, min(vr) AS vr, min(tr) AS tr FROM (
     SELECT id, r AS vr, NULL::bigint AS tr FROM vec
-    UNION ALL SELECT id, NULL, r FROM txt) u GROUP BY id)
-SELECT c.id, c.file_id, f.filename, c.idx, c.text, fused.vr, fused.tr,
+    UNION ALL SELECT id, NULL, r FROM txt) u GROUP BY id),
+top AS (
+  SELECT id, vr, tr,
+         coalesce(1.0 / (:rrf_k + vr), 0) + coalesce(1.0 / (:rrf_k + tr), 0) AS rrf
+  FROM fused ORDER BY rrf DESC, tr NULLS LAST, id LIMIT :k)
+-- Snippets and similarities for the top k only: computed in the ORDER BY's query they
+-- would run for every candidate (ts_headline reads the whole passage).
+SELECT c.id, c.file_id, f.filename, c.idx, c.text, top.vr, top.tr,
        1 - (c.embedding <=> CAST(:vec AS vector)) AS similarity,
        ts_headline(CAST(:cfg AS regconfig), c.text, q.hq, :hl) AS headline
-FROM fused JOIN chunks c ON c.id = fused.id JOIN files f ON f.id = c.file_id, q
-ORDER BY coalesce(1.0 / (:rrf_k + fused.vr), 0) + coalesce(1.0 / (:rrf_k + fused.tr), 0) DESC,
-         fused.tr NULLS LAST, c.id
-LIMIT :k
+FROM top JOIN chunks c ON c.id = top.id JOIN files f ON f.id = c.file_id, q
+ORDER BY top.rrf DESC, top.tr NULLS LAST, top.id
 """
 
 
