@@ -70,6 +70,7 @@ def encoder_ceiling(queries: list[str], batch: int, seconds: float) -> dict[str,
     """Queries/s of the webui's encoder (1 thread) one at a time and in batches."""
     from shared.encoders import load_embedder
     from shared.settings import load_settings
+    from webui.query_encoder import encode_by_length
 
     embedder = load_embedder(load_settings(), 1)
     embedder.warm_up()
@@ -79,7 +80,7 @@ def encoder_ceiling(queries: list[str], batch: int, seconds: float) -> dict[str,
         while time.perf_counter() - started < seconds:
             start = (done * 7) % len(queries)
             texts = (queries[start:] + queries[:start])[:size]
-            embedder.encode(texts, batch_size=size)
+            encode_by_length(embedder, texts)  # as the webui's QueryEncoder does
             done += size
         out[f"batch{size}_qps"] = done / (time.perf_counter() - started)
     return out

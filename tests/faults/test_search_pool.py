@@ -31,6 +31,7 @@ from sqlalchemy import text
 from shared.encoders import load_embedder
 from shared.settings import Settings
 from tests.faults.stack import FaultStack
+from webui.query_encoder import encode_by_length
 
 FAULT_ENV = {
     "DATABASE_POOL_SIZE": "5",
@@ -47,7 +48,7 @@ def _encoder_rate(settings: Settings) -> float:
     queries = [f"tide gauge reading {i}" for i in range(BATCH)]
     started = time.perf_counter()
     for _ in range(3):
-        embedder.encode(queries, batch_size=BATCH)
+        encode_by_length(embedder, queries)
     return 3 * BATCH / (time.perf_counter() - started)
 
 

@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry
 
 from shared.encoders import load_embedder
 from shared.settings import load_settings
-from webui.query_encoder import QueryEncoder
+from webui.query_encoder import QueryEncoder, encode_by_length
 from webui.search_rank import START, STOP, matched, parse_headline, relevance, strength
 
 
@@ -57,3 +57,13 @@ async def test_a_stopped_encoder_refuses_instead_of_hanging() -> None:
                            registry=CollectorRegistry())
     with pytest.raises(RuntimeError, match="not running"):
         await encoder.encode("anything")
+
+
+def test_encode_by_length_keeps_the_order_of_the_queries() -> None:
+    embedder = load_embedder(load_settings(), 1)
+    texts = ["a much longer question about the tide gauge at the harbour wall", "short",
+             "medium length query here", "x", "another fairly long question about lighthouses"]
+    grouped = encode_by_length(embedder, texts, sub_batch=2)
+    alone = embedder.encode(texts, batch_size=1)
+    assert [float(np.dot(a, b)) for a, b in zip(grouped, alone, strict=True)] == \
+        pytest.approx([1.0] * len(texts), abs=1e-3)
