@@ -4,11 +4,26 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 Status = Literal["queued", "processing", "done", "failed"]
+
+
+def _no_control_characters(value: str) -> str:
+    # PostgreSQL text cannot hold NUL, a lone surrogate cannot be encoded as UTF-8, and
+    # no name or query needs control characters.
+    for ch in value:
+        code = ord(ch)
+        if (code < 32 and ch not in "\t\n\r") or code == 127:
+            raise ValueError("must not contain control characters")
+        if 0xD800 <= code <= 0xDFFF:
+            raise ValueError("must be valid Unicode text (a lone surrogate was sent)")
+    return value
+
+
+CleanText = Annotated[str, AfterValidator(_no_control_characters)]
 
 
 class FileRead(BaseModel):
@@ -48,7 +63,7 @@ SearchMode = Literal["hybrid", "vector", "text"]
 
 
 class SearchRequest(BaseModel):
-    query: str = Field(min_length=1, max_length=2000)
+    query: CleanText = Field(min_length=1, max_length=2000)
     top_k: int = Field(default=10, ge=1)
     file_ids: list[uuid.UUID] | None = Field(
         default=None, max_length=1000, description="only these files"
@@ -114,11 +129,11 @@ class SearchResponse(BaseModel):
 
 
 class CollectionCreate(BaseModel):
-    name: str = Field(min_length=1, max_length=200)
+    name: CleanText = Field(min_length=1, max_length=200)
 
 
 class CollectionUpdate(BaseModel):
-    name: str | None = Field(default=None, min_length=1, max_length=200)
+    name: CleanText | None = Field(default=None, min_length=1, max_length=200)
     exported: bool | None = Field(
         default=None, description="let an external reader (Open WebUI knowledge source) see it"
     )
@@ -146,7 +161,7 @@ class CollectionFilesAdd(BaseModel):
 
 
 class ShareCreate(BaseModel):
-    email: str = Field(pattern=r"^[^@\s]+@[^@\s]+$", max_length=320)
+    email: CleanText = Field(pattern=r"^[^@\s]+@[^@\s]+$", max_length=320)
 
 
 class ShareRead(BaseModel):

@@ -122,3 +122,16 @@ def test_upload_naming_a_bad_collection_is_refused_and_leaves_nothing(client: ht
         assert r.status_code == status, r.text
         assert r.json()["detail"]
     assert client.get("/api/v1/files").json()["total"] == before
+
+
+@pytest.mark.parametrize(("path", "body"), [
+    ("/api/v1/collections", {"name": "nul\u0000byte"}),
+    ("/api/v1/collections", {"name": "bell\u0007"}),
+    ("/api/v1/search", {"query": "nul\u0000byte"}),
+])
+def test_control_characters_are_refused_not_a_500(
+    client: httpx.Client, path: str, body: dict[str, str]
+) -> None:
+    r = client.post(path, json=body)
+    assert r.status_code == 422, r.text
+    assert "control characters" in r.json()["detail"]
