@@ -106,13 +106,14 @@ def _wait_for_lock(conn: Connection) -> None:
         time.sleep(0.5)
 
 
-def _migrate_once(conn: Connection, lock_timeout_ms: int) -> Outcome:
+def _migrate_once(conn: Connection, lock_timeout_ms: int, settings: Settings) -> Outcome:
     _wait_for_lock(conn)
     # Before any DDL: a missing or old pgvector fails here with what to do, not
     # halfway through with "could not open extension control file".
     check_pgvector(*_pgvector(conn))
     cfg = alembic_config()
     cfg.attributes["connection"] = conn
+    cfg.attributes["settings"] = settings  # e.g. SEARCH_TEXT_CONFIG for 0004
     script = ScriptDirectory.from_config(cfg)
     known = {rev.revision for rev in script.walk_revisions()}
     current = set(MigrationContext.configure(conn).get_current_heads())
@@ -150,7 +151,7 @@ def run_migrations(
         for attempt in range(1, attempts + 1):
             try:
                 with engine.begin() as conn:
-                    outcome = _migrate_once(conn, lock_timeout_ms)
+                    outcome = _migrate_once(conn, lock_timeout_ms, settings)
                 log.info("migrate.done outcome=%s", outcome)
                 return outcome
             except OperationalError as err:

@@ -121,6 +121,21 @@ class Settings(BaseSettings):
     # 400: with other users' near-duplicate chunks in the index, the owner-filtered HNSW
     # scan finds 0.93 of the exact top 10 at 400 against 0.83 at 100 (loadtests/eval_retrieval.py).
     hnsw_ef_search: int = Field(default=400, ge=10, le=1_000)
+    # Full-text half of hybrid search. The tsvector column is generated with this
+    # Postgres text search configuration by migration 0004 (a generated column needs a
+    # fixed regconfig); the webui queries with the configuration the column was built
+    # with, so changing it later means rebuilding the column (README, "Search").
+    search_text_config: str = Field(default="english", pattern=r"^[a-z_][a-z0-9_]*$")
+    # Calibrated relevance (0-1, webui/search_rank.py): no hits at all ("no close match")
+    # unless the best reaches SEARCH_MIN_RELEVANCE; then hits under
+    # SEARCH_HIT_MIN_RELEVANCE are dropped. Either way, flagged "weak" if asked for.
+    # Chosen with `make eval` (README, "Search").
+    search_min_relevance: float = Field(default=0.1, ge=0.0, le=1.0)
+    search_hit_min_relevance: float = Field(default=0.02, ge=0.0, le=1.0)
+    # Query encoder micro-batching: concurrent queries wait at most this long to be
+    # encoded together, in batches of at most QUERY_BATCH_MAX.
+    query_batch_max: int = Field(default=16, ge=1, le=256)
+    query_batch_wait_ms: float = Field(default=5.0, ge=0.0, le=1_000.0)
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65_535)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

@@ -7,7 +7,6 @@ import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import anyio
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 from starlette.concurrency import run_in_threadpool
@@ -23,7 +22,9 @@ from webui.events import EventHub
 from webui.guard import RequestGuard
 from webui.limits import RateLimits
 from webui.metrics import MetricsServer, WebuiMetrics, instrument
-from webui.routes import admin, events, files, health, me, page, search
+from webui.query_encoder import QueryEncoder
+from webui.routes import admin, collections, events, files, health, me, page, search
+from webui.search import column_text_config
 from webui.state import AppState
 
 log = logging.getLogger("sluice.webui")
@@ -45,10 +46,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         aredis = create_async_redis(settings, "webui")
         hub = EventHub(aredis)
         await hub.start()
+        encoder = QueryEncoder(embedder, max_batch=settings.query_batch_max,
+                               max_wait_s=settings.query_batch_wait_ms / 1000, registry=registry)
+        await encoder.start()
+        text_config = await column_text_config(engine, settings.search_text_config)
         app.state.sluice = AppState(
             settings=settings, engine=engine, session_factory=async_session_factory(engine),
             redis=redis, aredis=aredis, queue=make_queue(redis, settings), embedder=embedder,
-            encode_limiter=anyio.CapacityLimiter(1), events=hub,
+            query_encoder=encoder, text_config=text_config, events=hub,
             limits=RateLimits(aredis, settings.rate_limit_per_minute,
                               settings.auth_failures_per_minute),
             metrics=webui_metrics,
@@ -65,6 +70,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             server.close()
             metrics.close()
+            await encoder.stop()
             await hub.stop()
             await aredis.aclose()
             await aredis.connection_pool.disconnect()  # a pool passed in is not closed by aclose()
@@ -86,6 +92,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(events.router, prefix=api)
     app.include_router(me.router, prefix=api)
     app.include_router(admin.router, prefix=api)
+    app.include_router(collections.router, prefix=api)
+    app.include_router(collections.admin_router, prefix=api)
     app.include_router(page.router)
     app.include_router(health.router)
     app.add_middleware(RequestGuard)

@@ -52,6 +52,7 @@ class ReceivedUpload:
     size: int
     sha256: str
     temp_path: Path
+    fields: dict[str, str] = field(default_factory=dict)  # small form fields (collection_id)
 
 
 @dataclass
@@ -66,6 +67,8 @@ class _State:
     filename: str = ""
     declared_type: str = ""
     pending: bytearray = field(default_factory=bytearray)
+    field_name: str = ""
+    fields: dict[str, bytearray] = field(default_factory=dict)
 
 
 async def receive_upload(
@@ -114,6 +117,7 @@ async def receive_upload(
         if is_file and state.seen_file:
             raise ApiError(400, "one_file_per_request", "send one file per request")
         state.in_file = is_file
+        state.field_name = "" if is_file else disp.get(b"name", b"").decode("utf-8", "replace")
         if is_file:
             state.seen_file = True
             state.filename = clean_filename(disp[b"filename"].decode("utf-8", "replace"))
@@ -131,6 +135,7 @@ async def receive_upload(
             state.field_bytes += end - start
             if state.field_bytes > MAX_FIELD_BYTES:
                 raise ApiError(400, "field_too_large", "form fields other than the file are too large")
+            state.fields.setdefault(state.field_name, bytearray()).extend(data[start:end])
 
     def on_part_end() -> None:
         state.in_file = False
@@ -168,8 +173,9 @@ async def receive_upload(
             raise ApiError(400, "no_file", "no file found: send it in a form field named 'file'")
         if size == 0:
             raise ApiError(400, "empty_file", "the file is empty")
+        fields = {k: v.decode("utf-8", "replace") for k, v in state.fields.items()}
         return ReceivedUpload(state.filename, state.declared_type, size, hasher.hexdigest(),
-                              temp_path)
+                              temp_path, fields)
     except BaseException:
         out.close()
         await anyio.to_thread.run_sync(lambda: temp_path.unlink(missing_ok=True))

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import anyio
 from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 from rq import Queue
@@ -16,6 +15,7 @@ from shared.settings import Settings
 from webui.events import EventHub
 from webui.limits import RateLimits
 from webui.metrics import WebuiMetrics
+from webui.query_encoder import QueryEncoder
 
 
 @dataclass
@@ -27,9 +27,10 @@ class AppState:
     aredis: AsyncRedis  # the one async pool: event subscription and per-user limits
     queue: Queue
     embedder: Embedder
-    # Queries are encoded one at a time with one intra-op thread: the webui's CPU
+    # Queries are encoded in micro-batches with one intra-op thread: the webui's CPU
     # belongs to request handling, not to a pile of parallel encodes.
-    encode_limiter: anyio.CapacityLimiter
+    query_encoder: QueryEncoder
+    text_config: str  # the regconfig chunks.tsv was generated with (webui/search.py)
     events: EventHub  # the one pub/sub subscription of this process
     limits: RateLimits  # moving windows in Redis, on `aredis`
     metrics: WebuiMetrics

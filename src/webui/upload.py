@@ -33,6 +33,7 @@ from shared.document_errors import DocumentRejected
 from shared.models import File, FileStatus
 from shared.queue import enqueue_ingest
 from shared.storage import new_storage_key, stored_path
+from webui.collections import add_files, collection_for_upload
 from webui.errors import ApiError
 from webui.limits import upload_slot
 from webui.receive import ReceivedUpload, discard, receive_upload
@@ -97,11 +98,15 @@ async def _store(
     final_path: Path | None = None
     try:
         await session.execute(_LOCK_SQL, {"cls": _QUOTA_LOCK_CLASS, "owner": str(owner_id)})
+        # Optional form field `collection_id`: the file goes into that collection too.
+        collection = await collection_for_upload(session, owner_id, received.fields)
         existing = await session.scalar(
             select(File).where(File.owner_id == owner_id, File.sha256 == received.sha256)
         )
         if existing is not None:
-            await session.commit()  # ends the transaction and its lock; nothing was written
+            if collection is not None:
+                await add_files(session, collection, [existing.id])
+            await session.commit()  # ends the transaction and its lock
             await discard(received.temp_path)
             return UploadResult(existing, created=False)
         if await _stored_bytes(session, owner_id) + received.size > quota:
@@ -118,6 +123,9 @@ async def _store(
             status=FileStatus.queued.value, kind=kind,
         )
         session.add(file)
+        if collection is not None:
+            await session.flush()
+            await add_files(session, collection, [file.id])
         await session.commit()  # the commit point: durable before the 202 leaves
         return UploadResult(file, created=True)
     except BaseException:

@@ -14,6 +14,7 @@ from starlette.concurrency import run_in_threadpool
 
 from shared.models import File, FileStatus
 from shared.storage import remove_stored, stored_path
+from webui.access import readable_file
 from webui.deps import CurrentUser, SessionDep, StateDep
 from webui.errors import ApiError, not_found
 from webui.schemas import FileList, FileRead, FileStatuses, Status, StatusQuery
@@ -85,7 +86,8 @@ async def list_files(
 
 @router.get("/{file_id}", response_model=FileRead)
 async def get_file(file_id: uuid.UUID, session: SessionDep, user: CurrentUser) -> File:
-    return await _own_file(session, user.id, file_id)
+    """Yours, or in a collection shared with you."""
+    return await readable_file(session, user.id, file_id)
 
 
 @router.get("/{file_id}/content", response_class=FileResponse)
@@ -93,7 +95,7 @@ async def get_content(
     file_id: uuid.UUID, session: SessionDep, user: CurrentUser, state: StateDep
 ) -> FileResponse:
     """The original bytes, as an attachment (RFC 6266 `filename*` for any name)."""
-    file = await _own_file(session, user.id, file_id)
+    file = await readable_file(session, user.id, file_id)
     path = stored_path(state.settings.upload_dir, file.storage_key)
     return FileResponse(
         path, media_type=_MEDIA_TYPES.get(file.kind or "", "application/octet-stream"),
