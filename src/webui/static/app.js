@@ -59,7 +59,16 @@ $("#sign-out").addEventListener("click", () => {
   showSignIn("");
 });
 
-initUploads({ changed: () => scheduleFilesReload() });
+initUploads({
+  changed: ({ collectionId }) => { scheduleFilesReload(); if (collectionId) scheduleCollectionsReload(); },
+});
+let collectionsTimer = null;
+function scheduleCollectionsReload() {
+  // A batch into one collection: count its files once, after the last reply.
+  clearTimeout(collectionsTimer);
+  collectionsTimer = setTimeout(loadCollections, 500);
+}
+
 initFiles({
   deleted: (fileId) => { forgetFile(fileId); loadCollections(); },
   addToCollection,

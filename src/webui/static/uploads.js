@@ -120,7 +120,7 @@ function uploadOne(row) {
         const seen = early.get(data.id);
         early.delete(data.id);
         if (seen && (RANK[seen.status] ?? 0) >= (RANK[data.status] ?? 0)) applyEvent(row, seen);
-        onChange({ uploaded: data.id });
+        onChange({ uploaded: data.id, collectionId: row.collectionId });
       } else {
         if (xhr.status === 429) data.retry_after = xhr.getResponseHeader("Retry-After");
         reject(row, readableError(xhr.status, data));
