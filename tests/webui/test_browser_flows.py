@@ -107,7 +107,8 @@ def test_collections_and_sharing_between_two_people(
     manual.write_text(_manual(nonce))
     notes = tmp_path / "notes.txt"
     notes.write_text(f"Notes {nonce}: the crane brake pads were replaced.")
-    with browsing(browser) as (_, op, _c1), browsing(browser) as (_, rp, _c2):
+    with browsing(browser) as (_, op, owner_console), browsing(browser) as (_, rp, _c2):
+        owner_console.allow(r"status of 404")  # sharing with an unknown address, on purpose
         sign_in(op, stack.url, owner.key)
         op.get_by_label("New collection").fill("Field manuals")
         op.get_by_role("button", name="Create").click()
@@ -133,6 +134,11 @@ def test_collections_and_sharing_between_two_people(
         op.get_by_role("button", name="Rename").click()
         mine = op.locator("#collections-list li", has_text="Tide manuals")
         expect(mine).to_be_visible()
+        op.get_by_label("Share with (email)").fill("nobody-here@example.test")
+        op.get_by_role("button", name="Share", exact=True).click()
+        expect(op.locator("#collection-dialog-error")).to_have_text(
+            "No one with the email nobody-here@example.test has an account here. Check the address, "
+            "or ask an administrator to create the account.")
         op.get_by_label("Share with (email)").fill(reader.email)
         op.get_by_role("button", name="Share", exact=True).click()
         expect(op.locator("#readers-list")).to_contain_text(reader.email)
@@ -174,6 +180,13 @@ def test_collections_and_sharing_between_two_people(
         expect(hit.locator(".passage mark").first).to_be_visible()
         assert_accessible(rp)
         shots(rp, "11-shared-search")
+        # Someone else's file: it can be opened and downloaded, not deleted.
+        groups.first.get_by_role("button", name="manual.md").click()
+        expect(rp.locator("#details")).to_be_visible()
+        expect(rp.get_by_role("button", name="Download original")).to_be_visible()
+        expect(rp.locator("#details-delete")).to_be_hidden()
+        rp.keyboard.press("Escape")
+        expect(rp.locator("#details")).to_be_hidden()
         rp.get_by_role("searchbox").fill("zebra saxophone quantum marmalade")
         rp.keyboard.press("Enter")
         expect(rp.locator("#search-status")).to_contain_text(re.compile(r"No close match|Nothing found"))

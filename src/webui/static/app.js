@@ -29,6 +29,7 @@ async function signIn() {
   connectEvents({
     onFile: (e) => { uploadEvent(e); fileEventForTable(e); },
     onResync: () => { resyncUploads(); loadFiles(); },
+    onSignedOut: () => signOut("Your key is no longer valid (revoked or expired). Sign in again with a new key."),
   });
 }
 
@@ -47,7 +48,9 @@ $("#sign-in-form").addEventListener("submit", (e) => {
   signIn();
 });
 
-$("#sign-out").addEventListener("click", () => {
+$("#sign-out").addEventListener("click", () => signOut(""));
+
+function signOut(message) {
   localStorage.removeItem(KEY_STORAGE);
   state.key = "";
   state.me = null;
@@ -56,8 +59,8 @@ $("#sign-out").addEventListener("click", () => {
   resetSearch();
   resetCollections();
   $("#files-table tbody").replaceChildren();
-  showSignIn("");
-});
+  showSignIn(message);
+}
 
 initUploads({
   changed: ({ collectionId }) => { scheduleFilesReload(); if (collectionId) scheduleCollectionsReload(); },

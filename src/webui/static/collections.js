@@ -157,7 +157,13 @@ function rename(e) {
 function share(e) {
   e.preventDefault();
   const email = $("#share-email").value.trim();
-  return guarded(() => api(`/collections/${current.id}/shares`, { method: "POST", json: { email } }), async () => {
+  const attempt = () => api(`/collections/${current.id}/shares`, { method: "POST", json: { email } }).catch((err) => {
+    if (err.status === 404 && /user/i.test(err.message)) {
+      err.message = `No one with the email ${email} has an account here. Check the address, or ask an administrator to create the account.`;
+    }
+    throw err;
+  });
+  return guarded(attempt, async () => {
     $("#share-email").value = "";
     await loadReaders();
     await loadCollections();

@@ -11,7 +11,7 @@ export function stopEvents() {
 }
 
 // `onFile(event)` for each file event; `onResync()` when events may have been missed.
-export async function connectEvents({ onFile, onResync }) {
+export async function connectEvents({ onFile, onResync, onSignedOut }) {
   stopEvents();
   const ctrl = new AbortController();
   current = ctrl;
@@ -21,6 +21,8 @@ export async function connectEvents({ onFile, onResync }) {
       const headers = authHeaders();
       if (lastId) headers["Last-Event-ID"] = lastId;
       const res = await fetch("/api/v1/events", { headers, signal: ctrl.signal });
+      // The key was revoked or expired: asking again every few seconds cannot help.
+      if (res.status === 401) { stopEvents(); onSignedOut(); return; }
       if (!res.ok) throw new Error(String(res.status));
       document.body.dataset.events = "open"; // tests wait for this before uploading
       const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();

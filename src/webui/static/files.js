@@ -168,7 +168,7 @@ export async function deleteFile(f, beforeFocus = () => {}) {
   return true;
 }
 
-async function openDetails(fileId) {
+async function openDetails(fileId, { readOnly = false } = {}) {
   const dlg = $("#details");
   $("#details-error").textContent = "";
   let f;
@@ -184,7 +184,8 @@ async function openDetails(fileId) {
   $("#details-list").replaceChildren(...fields.flatMap(([k, v]) => [el("dt", { text: k }), el("dd", { text: v })]));
   $("#details-download").onclick = () => download(f);
   const retry = $("#details-retry");
-  retry.hidden = f.status !== "failed";
+  retry.hidden = readOnly || f.status !== "failed";
+  $("#details-delete").hidden = readOnly;
   retry.onclick = async () => {
     try { await api(`/files/${f.id}/retry`, { method: "POST" }); dlg.close(); announce(`${f.filename}: queued again.`); loadFiles(); }
     catch (err) { $("#details-error").textContent = err.message; }

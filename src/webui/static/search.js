@@ -34,7 +34,9 @@ async function run(includeWeak) {
   catch (err) { status(err.message); return; }
   const hits = data.hits || [];
   const groups = data.groups || groupByFile(hits);
-  $("#search-results").replaceChildren(...groups.map((g) => groupItem(g, query)));
+  // Hits from a collection shared with you are someone else's files: no delete or retry.
+  const readOnly = state.collections.some((c) => c.id === scope && c.role === "reader");
+  $("#search-results").replaceChildren(...groups.map((g) => groupItem(g, query, readOnly)));
   if (hits.length) {
     status(`${plural(hits.length, "passage")} in ${plural(groups.length, "file")} from ${where}.`);
   } else if (data.below_threshold > 0) {
@@ -60,9 +62,9 @@ function groupByFile(hits) {
   return [...groups.values()];
 }
 
-function groupItem(g, query) {
+function groupItem(g, query, readOnly) {
   const open = el("button", { type: "button", class: "link file-name", text: g.filename });
-  open.addEventListener("click", () => openDetails(g.file_id));
+  open.addEventListener("click", () => openDetails(g.file_id, { readOnly }));
   const head = el("div", { class: "hit-head" }, el("h3", {}, open));
   const cids = new Set(g.hits.flatMap((h) => h.collection_ids?.length ? h.collection_ids : (state.fileCollections.get(g.file_id) || [])));
   const names = [...cids].map((cid) => state.collections.find((c) => c.id === cid)).filter(Boolean)
