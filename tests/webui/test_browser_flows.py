@@ -189,8 +189,14 @@ def test_collections_and_sharing_between_two_people(
         expect(rp.locator("#details")).to_be_hidden()
         rp.get_by_role("searchbox").fill("zebra saxophone quantum marmalade")
         rp.keyboard.press("Enter")
-        expect(rp.locator("#search-status")).to_contain_text(re.compile(r"No close match|Nothing found"))
+        expect(rp.locator("#search-status")).to_contain_text(
+            re.compile(r"No close match in “Tide manuals”\. \d+ passages? (was|were) only loosely related\."))
+        expect(rp.locator("#search-results > li")).to_have_count(0)
         shot(rp, "12-no-close-match")
+        rp.get_by_role("button", name="Show loose matches").focus()
+        rp.keyboard.press("Enter")
+        expect(rp.locator("#search-results .hit .meta").first).to_contain_text("Weak match")
+        expect(rp.locator("#search-results button.file-name").first).to_be_focused()
 
         # The owner revokes; the reader's next load no longer has it.
         op.get_by_role("button", name="Manage Tide manuals").click()

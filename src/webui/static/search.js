@@ -28,6 +28,8 @@ async function run(includeWeak) {
   const where = scope ? `“${state.collections.find((c) => c.id === scope)?.name ?? "this collection"}”` : "your files";
   const request = { query, top_k: 10, group_by_file: true, include_weak: includeWeak };
   if (scope) request.collection_ids = [scope];
+  // "Show loose matches" sits in the status line, which is about to be redrawn.
+  const fromStatus = $("#search-status").contains(document.activeElement);
   status("Searching…");
   let data;
   try { data = await api("/search", { method: "POST", json: request }); }
@@ -42,10 +44,12 @@ async function run(includeWeak) {
   } else if (data.below_threshold > 0) {
     const more = el("button", { type: "button", class: "link", text: "Show loose matches" });
     more.addEventListener("click", () => run(true));
-    status(`No close match in ${where}. ${plural(data.below_threshold, "passage")} only loosely related. `, more);
+    const n = data.below_threshold;
+    status(`No close match in ${where}. ${plural(n, "passage")} ${n === 1 ? "was" : "were"} only loosely related. `, more);
   } else {
     status(`Nothing found in ${where}. Try other words, or upload the document first.`);
   }
+  if (fromStatus) ($("#search-results button") || $("#search-query")).focus();
 }
 
 function status(text, ...extra) {
