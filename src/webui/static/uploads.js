@@ -246,9 +246,10 @@ function updateSummary() {
   const count = (s) => all.filter((r) => r.status === s).length;
   const done = count("done"), failed = count("failed"), refused = count("rejected");
   const left = all.length - done - failed - refused;
-  let text = `${done} of ${all.length - refused} done`;
-  if (failed) text += ` · ${failed} failed`;
-  if (refused) text += ` · ${refused} not uploaded`;
+  const parts = all.length > refused ? [`${done} of ${all.length - refused} done`] : [];
+  if (failed) parts.push(`${failed} failed`);
+  if (refused) parts.push(`${refused} not uploaded`);
+  let text = parts.join(" · ");
   if (left && done && batchStart) {
     const perFile = (Date.now() - batchStart) / (done + failed);
     text += ` · about ${formatDuration(perFile * left)} remaining`;
