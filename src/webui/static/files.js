@@ -180,6 +180,8 @@ async function openDetails(fileId, { readOnly = false } = {}) {
     ["Size", formatBytes(f.size_bytes)], ["Passages", String(f.chunk_count)],
     ["Attempts", String(f.attempts)], ["Uploaded", new Date(f.created_at).toLocaleString()],
     ["Finished", f.finished_at ? new Date(f.finished_at).toLocaleString() : "—"],
+    ["Collections", (state.fileCollections.get(f.id) || [])
+      .map((cid) => state.collections.find((c) => c.id === cid)?.name).filter(Boolean).join(", ") || "—"],
   ];
   $("#details-list").replaceChildren(...fields.flatMap(([k, v]) => [el("dt", { text: k }), el("dd", { text: v })]));
   $("#details-download").onclick = () => download(f);
