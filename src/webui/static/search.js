@@ -39,13 +39,16 @@ async function run(includeWeak) {
   // Hits from a collection shared with you are someone else's files: no delete or retry.
   const readOnly = state.collections.some((c) => c.id === scope && c.role === "reader");
   $("#search-results").replaceChildren(...groups.map((g) => groupItem(g, query, readOnly)));
-  if (hits.length) {
+  if (hits.length && data.no_close_match) {
+    status(`No close match in ${where}. Showing ${plural(hits.length, "loosely related passage")}.`);
+  } else if (hits.length) {
     status(`${plural(hits.length, "passage")} in ${plural(groups.length, "file")} from ${where}.`);
-  } else if (data.below_threshold > 0) {
+  } else if (data.no_close_match || data.below_threshold > 0) {
     const more = el("button", { type: "button", class: "link", text: "Show loose matches" });
     more.addEventListener("click", () => run(true));
-    const n = data.below_threshold;
-    status(`No close match in ${where}. ${plural(n, "passage")} ${n === 1 ? "was" : "were"} only loosely related. `, more);
+    const n = data.below_threshold || 0;
+    const loose = n ? `${plural(n, "passage")} ${n === 1 ? "was" : "were"} only loosely related. ` : "";
+    status(`No close match in ${where}. ${loose}`, more);
   } else {
     status(`Nothing found in ${where}. Try other words, or upload the document first.`);
   }
