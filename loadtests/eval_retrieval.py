@@ -15,6 +15,11 @@ summary itself is not in the corpus). Per backend (torch, onnx, onnx-int8):
 4. query with the webui's search SQL (owner filter, `hnsw.ef_search`, iterative
    scan) at several ef_search values, and exactly (index scans off).
 
+The labelled set is extended with generated exact-identifier queries and off-topic
+questions (identifier_set.py); the tables above count the labelled queries only.
+Then vector-only, text-only and hybrid search side by side through the webui's SQL,
+with the calibration fit and the threshold table (eval_modes.py).
+
 Reported: recall@10 (share of queries with a relevant chunk in the top 10),
 MRR@10, and the HNSW top-10's overlap with the exact top-10 ("HNSW recall"),
 first over the eval rows alone, then with N synthetic distractor chunks of
@@ -51,7 +56,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from shared.embedding import BACKENDS, embed_threads, model_path
+from eval_modes import compare, print_modes
+
+from shared.embedding import BACKENDS, embed_threads, model_path, space_of
 from shared.encoders import load_embedder
 from shared.settings import Settings, load_settings
 
@@ -78,13 +85,16 @@ class Chunked:
 
 
 def load_set(path: Path = DATA) -> EvalSet:
+    """The labelled set plus the generated exact-identifier set (identifier_set.py)."""
+    from identifier_set import identifier_rows, offtopic_rows
+
     docs, queries = [], []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        row = json.loads(line)
+    lines = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    for row in lines + identifier_rows() + offtopic_rows():
         if row["type"] == "doc":
             docs.append(row)
         elif row["type"] == "query":
-            queries.append(row)
+            queries.append({"set": "labelled", **row})
     return EvalSet(docs, queries)
 
 
@@ -113,6 +123,9 @@ def chunk_set(es: EvalSet, settings: Settings) -> Chunked:
             out.token_counts.append(c.token_count)
             out.chunk_objs.append(c)
     for q in es.queries:
+        if q.get("doc") is None:  # an off-topic query: nothing in the corpus answers it
+            out.relevant.append(set())
+            continue
         p0, p1 = int(q["start"]), int(q["end"])
         rel = set()
         for c0, c1, n in spans[q["doc"]]:
@@ -155,16 +168,14 @@ def embed_all(backend: str, settings: Settings, chunks: list[str], queries: list
     return cv, qv, facts
 
 
+SETS: list[str] = []  # per query: "labelled" or "identifier" (set by run)
+
+
 def metrics(ranked: list[list[int]], relevant: list[set[int]]) -> tuple[float, float]:
-    """(recall@K: a relevant chunk in the top K, MRR@K)."""
-    hits, rr = 0, 0.0
-    for top, rel in zip(ranked, relevant, strict=True):
-        for rank, n in enumerate(top[:K], 1):
-            if n in rel:
-                hits += 1
-                rr += 1 / rank
-                break
-    return hits / len(relevant), rr / len(relevant)
+    """(recall@K: a relevant chunk in the top K, MRR@K) over the labelled queries."""
+    from eval_modes import subset_metrics
+
+    return subset_metrics(ranked, relevant, SETS or ["labelled"] * len(relevant), "labelled", K)
 
 
 def exact_numpy(qv: np.ndarray, cv: np.ndarray) -> list[list[int]]:
@@ -255,39 +266,48 @@ class Store:
             conn.execute("ANALYZE chunks")
         return time.perf_counter() - t0
 
-    def search(self, owner: uuid.UUID, backends: list[str], qv: np.ndarray, ef: int | None
-               ) -> tuple[list[list[int]], list[float]]:
-        """The webui's search SQL for each query: chunk ids of the top K, and ms per query.
+    def search(self, owner: uuid.UUID, backends: list[str], qv: np.ndarray, ef: int | None,
+               queries: list[str] | None = None, mode: str = "vector",
+               ) -> tuple[list[list[int]], list[float], list[list[tuple[float, bool]]]]:
+        """The webui's search SQL (webui/search.py) for each query: chunk ids of the top K,
+        ms per query, and per hit (cosine, matched by the text half) for calibration.
 
         ef None: exact (no index scans: the distance sort runs over the owner's rows).
         Otherwise the HNSW index scan at that ef_search, with the webui's iterative
-        scan, forced (seq scan, bitmap scan and sort off) so the index itself is
-        measured whatever the planner would pick for this user's row count. Custom
-        plans every time: psycopg prepares a statement after 5 runs, and a cached
-        generic plan would ignore these settings.
+        scan, forced (seq scan and bitmap scan off) so the index itself is measured
+        whatever the planner would pick for this user's row count — in vector mode;
+        the text half needs its GIN index (a bitmap scan), so other modes run with the
+        planner's choice. Custom plans every time: psycopg prepares a statement after 5
+        runs, and a cached generic plan would ignore these settings.
         """
-        from webui.routes.search import _SEARCH_SQL
+        from webui.search import CANDIDATES_MIN, TEXT_SCAN_MAX, hybrid_sql, own_scope
+        from webui.search_rank import HEADLINE_OPTIONS, RRF_K
 
-        sql = self.text(_SEARCH_SQL.format(file_filter="").replace(
-            "SELECT c.file_id,", "SELECT c.id AS chunk_id, c.file_id,"))
+        sql = self.text(hybrid_sql(mode, own_scope(owner), False))
         knobs = ["plan_cache_mode = force_custom_plan"]
         if ef is None:
             knobs.append("enable_indexscan = off")
         else:
-            knobs += [f"hnsw.ef_search = {int(ef)}", "hnsw.iterative_scan = strict_order",
-                      "enable_seqscan = off", "enable_bitmapscan = off", "enable_sort = off"]
-        out, ms = [], []
+            knobs += [f"hnsw.ef_search = {int(ef)}", "hnsw.iterative_scan = strict_order"]
+            if mode == "vector":
+                knobs += ["enable_seqscan = off", "enable_bitmapscan = off"]
+        out, ms, feats = [], [], []
+        texts = queries or [""] * len(qv)
         with self.engine.connect() as conn:
-            for q in qv:
+            for q, qt in zip(qv, texts, strict=True):
                 t = time.perf_counter()
                 with conn.begin():
                     for knob in knobs:
                         conn.execute(self.text(f"SET LOCAL {knob}"))
-                    rows = conn.execute(sql, {"q": str(q.tolist()), "owner": owner, "k": K,
-                                              "backends": backends}).all()
+                    rows = conn.execute(sql, {
+                        "vec": str(q.tolist()), "owner": owner, "k": K, "backends": backends,
+                        "query": qt, "cfg": self.settings.search_text_config,
+                        "n": CANDIDATES_MIN, "text_scan": TEXT_SCAN_MAX, "rrf_k": RRF_K,
+                        "hl": HEADLINE_OPTIONS}).all()
                 ms.append((time.perf_counter() - t) * 1000)
-                out.append([r.chunk_id for r in rows])
-        return out, ms
+                out.append([r.id for r in rows])
+                feats.append([(float(r.similarity), r.tr is not None) for r in rows])
+        return out, ms, feats
 
     def chunk_numbers(self, owner: uuid.UUID, ch: Chunked) -> dict[int, int]:
         """chunk id in the DB -> chunk number in `ch`."""
@@ -313,10 +333,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     es = load_set()
     ch = chunk_set(es, settings)
     queries = [q["query"] for q in es.queries]
+    SETS[:] = [q["set"] for q in es.queries]
     print(f"eval set: {len(es.docs)} documents -> {len(ch.texts)} chunks "
           f"(CHUNK_SIZE={settings.chunk_size}, overlap {settings.chunk_overlap}); "
           f"{len(queries)} queries; relevant chunks per query: "
-          f"{statistics.fmean(len(r) for r in ch.relevant):.2f}")
+          f"{statistics.fmean(len(r) for r in ch.relevant if r):.2f}")
     backends = args.backends.split(",")
     vecs: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     report: dict[str, Any] = {"chunks": len(ch.texts), "queries": len(queries), "backends": {},
@@ -362,14 +383,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 phase: dict[str, Any] = {}
                 for b in backends:
                     compat = [x for x in BACKENDS if x == b or {x, b} <= {"torch", "onnx"}]
-                    exact_ids, exact_ms = store.search(owners[b], compat, vecs[b][1], None)
+                    exact_ids, exact_ms, _ = store.search(owners[b], compat, vecs[b][1], None)
                     exact_n = [[maps[b][i] for i in top] for top in exact_ids]
                     r, m = metrics(exact_n, ch.relevant)
                     row: dict[str, Any] = {
                         "exact": {"recall@10": r, "mrr@10": m, "p50_ms": statistics.median(exact_ms)},
                     }
                     for ef in efs:
-                        ids, ms = store.search(owners[b], compat, vecs[b][1], ef)
+                        ids, ms, _ = store.search(owners[b], compat, vecs[b][1], ef)
                         ranked = [[maps[b][i] for i in top] for top in ids]
                         r, m = metrics(ranked, ch.relevant)
                         row[f"ef{ef}"] = {
@@ -379,6 +400,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         }
                     phase[b] = row
                 report["pgvector"][label] = phase
+                # Vector, text and hybrid side by side at the webui's ef_search.
+                report.setdefault("modes", {})[label] = {
+                    b: compare(store, owners[b], [x for x in BACKENDS if space_of(x) == space_of(b)],
+                               vecs[b][1], queries, maps[b], ch.relevant, SETS,
+                               settings.hnsw_ef_search)
+                    for b in backends}
         finally:
             store.close()
     report["loadavg_end"] = os.getloadavg()
@@ -407,6 +434,9 @@ def print_report(report: dict[str, Any], efs: list[int]) -> None:
                 h = row[f"ef{ef}"]
                 print(f"  {b:9} {f'hnsw ef={ef}':12} {h['recall@10']:6.3f} {h['mrr@10']:7.3f} "
                       f"{h['hnsw_recall@10']:10.3f} {h['p50_ms']:7.1f} {h['p95_ms']:7.1f}")
+    for label, per_backend in report.get("modes", {}).items():
+        for b, res in per_backend.items():
+            print_modes(label, b, res)
     print(f"\n(load average at start {report['loadavg_start'][0]:.1f}, at end "
           f"{report['loadavg_end'][0]:.1f}; {report['chunks']} chunks, {report['queries']} queries; "
           f"first backend {b0})")

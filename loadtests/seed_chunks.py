@@ -56,9 +56,11 @@ def synthetic(n: int, sentences: list[str], base: np.ndarray, seed: int = 7
     return texts, vecs.astype(np.float32)
 
 
-def seed(url: str, owner_id: str, n: int, sentences: list[str], base: np.ndarray
+def seed(url: str, owner_id: str | list[str], n: int, sentences: list[str], base: np.ndarray
          ) -> dict[str, Any]:
-    """Insert n chunks (in files of 100) owned by owner_id; rebuild the HNSW index."""
+    """Insert n chunks (in files of 100) owned by owner_id (files dealt round robin when
+    several owners are given); rebuild the HNSW index."""
+    owners = [owner_id] if isinstance(owner_id, str) else owner_id
     facts: dict[str, Any] = {"chunks": n}
     t0 = time.perf_counter()
     texts, vecs = synthetic(n, sentences, base)
@@ -72,7 +74,7 @@ def seed(url: str, owner_id: str, n: int, sentences: list[str], base: np.ndarray
             "chunk_count, embedding_model, finished_at) FROM STDIN"
         ) as copy:
             for k, fid in enumerate(file_ids):
-                copy.write_row((fid, owner_id, f"bulk-{k:05d}.txt", 100_000, fid.hex + fid.hex,
+                copy.write_row((fid, owners[k % len(owners)], f"bulk-{k:05d}.txt", 100_000, fid.hex + fid.hex,
                                 fid.hex, "done", "text", CHUNKS_PER_FILE, "all-MiniLM-L6-v2",
                                 "now"))
         row = conn.execute("SELECT pg_get_indexdef('ix_chunks_embedding_hnsw'::regclass)").fetchone()
@@ -84,9 +86,10 @@ def seed(url: str, owner_id: str, n: int, sentences: list[str], base: np.ndarray
             "FROM STDIN WITH (FORMAT BINARY)"
         ) as copy:
             copy.set_types(["uuid", "uuid", "int4", "text", "int4", "vector"])
-            owner = uuid.UUID(owner_id)
+            owner_ids = [uuid.UUID(o) for o in owners]
             for k in range(n):
-                copy.write_row((file_ids[k // CHUNKS_PER_FILE], owner, k % CHUNKS_PER_FILE,
+                f = k // CHUNKS_PER_FILE
+                copy.write_row((file_ids[f], owner_ids[f % len(owners)], k % CHUNKS_PER_FILE,
                                 texts[k], 64, vecs[k]))
         facts["copy_s"] = time.perf_counter() - t
         t = time.perf_counter()

@@ -92,9 +92,12 @@ class Settings(BaseSettings):
     # fixed regconfig); the webui queries with the configuration the column was built
     # with, so changing it later means rebuilding the column (README, "Search").
     search_text_config: str = Field(default="english", pattern=r"^[a-z_][a-z0-9_]*$")
-    # Hits whose calibrated relevance (0-1, see webui/search_rank.py) is below this are
-    # dropped (or flagged "weak" when the request asks for them).
-    search_min_relevance: float = Field(default=0.35, ge=0.0, le=1.0)
+    # Calibrated relevance (0-1, webui/search_rank.py): no hits at all ("no close match")
+    # unless the best reaches SEARCH_MIN_RELEVANCE; then hits under
+    # SEARCH_HIT_MIN_RELEVANCE are dropped. Either way, flagged "weak" if asked for.
+    # Chosen with `make eval` (README, "Search").
+    search_min_relevance: float = Field(default=0.1, ge=0.0, le=1.0)
+    search_hit_min_relevance: float = Field(default=0.02, ge=0.0, le=1.0)
     # Query encoder micro-batching: concurrent queries wait at most this long to be
     # encoded together, in batches of at most QUERY_BATCH_MAX.
     query_batch_max: int = Field(default=16, ge=1, le=256)

@@ -103,8 +103,12 @@ class SearchResponse(BaseModel):
     mode: SearchMode
     hits: list[SearchHit] = Field(description="in ranked order (reciprocal rank fusion)")
     groups: list[SearchGroup] | None = None
-    threshold: float = Field(description="SEARCH_MIN_RELEVANCE: weaker hits are dropped")
-    below_threshold: int = Field(description="hits dropped (or flagged) as too weak")
+    threshold: float = Field(
+        description="SEARCH_MIN_RELEVANCE: unless the best hit reaches it, no hit is returned")
+    hit_threshold: float = Field(
+        description="SEARCH_HIT_MIN_RELEVANCE: weaker hits are dropped")
+    no_close_match: bool = Field(description="passages were found, but none is a close match")
+    below_threshold: int = Field(description="hits dropped (or flagged 'weak') as too weak")
     took_ms: float
     encode_ms: float = Field(description="of took_ms, waiting for the query encoder")
 

@@ -49,15 +49,17 @@ class Scope:
     chunks: str
     files: str
     params: dict[str, object]
+    label: str  # for messages: whose files these are
 
 
 def own_scope(owner: uuid.UUID) -> Scope:
-    return Scope("c.owner_id = :owner", "f.owner_id = :owner", {"owner": owner})
+    return Scope("c.owner_id = :owner", "f.owner_id = :owner", {"owner": owner}, "your files")
 
 
 def collections_scope(collection_ids: list[uuid.UUID]) -> Scope:
     member = "(SELECT cf.file_id FROM collection_files cf WHERE cf.collection_id = ANY(:cids))"
-    return Scope(f"c.file_id IN {member}", f"f.id IN {member}", {"cids": collection_ids})
+    return Scope(f"c.file_id IN {member}", f"f.id IN {member}", {"cids": collection_ids},
+                 "the files in these collections")
 
 
 # The filters (scope, backend, file_ids) sit inside both halves: pgvector's
@@ -89,14 +91,18 @@ txt AS MATERIALIZED ({text_half}),
 fused AS (
   SELECT id, min(vr) AS vr, min(tr) AS tr FROM (
     SELECT id, r AS vr, NULL::bigint AS tr FROM vec
-    UNION ALL SELECT id, NULL, r FROM txt) u GROUP BY id)
-SELECT c.id, c.file_id, f.filename, c.idx, c.text, fused.vr, fused.tr,
+    UNION ALL SELECT id, NULL, r FROM txt) u GROUP BY id),
+top AS (
+  SELECT id, vr, tr,
+         coalesce(1.0 / (:rrf_k + vr), 0) + coalesce(1.0 / (:rrf_k + tr), 0) AS rrf
+  FROM fused ORDER BY rrf DESC, tr NULLS LAST, id LIMIT :k)
+-- Snippets and similarities for the top k only: computed in the ORDER BY's query they
+-- would run for every candidate (ts_headline reads the whole passage).
+SELECT c.id, c.file_id, f.filename, c.idx, c.text, top.vr, top.tr,
        1 - (c.embedding <=> CAST(:vec AS vector)) AS similarity,
        ts_headline(CAST(:cfg AS regconfig), c.text, q.hq, :hl) AS headline
-FROM fused JOIN chunks c ON c.id = fused.id JOIN files f ON f.id = c.file_id, q
-ORDER BY coalesce(1.0 / (:rrf_k + fused.vr), 0) + coalesce(1.0 / (:rrf_k + fused.tr), 0) DESC,
-         fused.tr NULLS LAST, c.id
-LIMIT :k
+FROM top JOIN chunks c ON c.id = top.id JOIN files f ON f.id = c.file_id, q
+ORDER BY top.rrf DESC, top.tr NULLS LAST, top.id
 """
 
 
@@ -142,7 +148,7 @@ async def check_embedding_space(
         found = ", ".join(f"{r.files} with {r.model}/{r.backend}" for r in rows)
         raise ApiError(
             409, "embedding_mismatch",
-            f"search refused: {sum(r.files for r in rows)} of the files searched were embedded "
+            f"search refused: {sum(r.files for r in rows)} of {scope.label} were embedded "
             f"with a different model or embedding backend ({found}) than this server's query "
             f"encoder ({embedder.name}/{embedder.backend}; compatible backends: "
             f"{', '.join(backends)}). Comparing vectors from different spaces gives wrong "
@@ -168,8 +174,12 @@ async def search(
     else:
         scope = own_scope(user_id)
     backends = await check_embedding_space(session, state, scope, body.file_ids)
-    await session.execute(text(f"SET LOCAL hnsw.ef_search = {int(settings.hnsw_ef_search)}"))
-    await session.execute(text("SET LOCAL hnsw.iterative_scan = strict_order"))
+    # One round trip for both knobs (transaction-local): under load every round trip made
+    # while holding a pooled connection also waits its turn on the event loop.
+    await session.execute(
+        text("SELECT set_config('hnsw.ef_search', :ef, true), "
+             "set_config('hnsw.iterative_scan', 'strict_order', true)"),
+        {"ef": str(int(settings.hnsw_ef_search))})
     params: dict[str, object] = {
         **scope.params, "vec": str(vector.tolist()), "query": body.query, "cfg": state.text_config,
         "backends": backends, "k": body.top_k, "n": max(CANDIDATES_MIN, 4 * body.top_k),
@@ -182,12 +192,15 @@ async def search(
     in_collections = await _collections_of(session, scope, [r.file_id for r in rows])
     await session.commit()  # the connection goes back before the answer is built
 
-    threshold = settings.search_min_relevance
+    # Two thresholds (README, "Search"): nothing unless the best hit is a close match,
+    # then no hit that is itself very unlikely.
     best = max((float(r.similarity) for r in rows), default=0.0)
+    scores = [relevance(float(r.similarity), r.tr is not None, best) for r in rows]
+    close = bool(scores) and max(scores) >= settings.search_min_relevance
     hits, dropped = [], 0
-    for r in rows:
-        score = relevance(float(r.similarity), r.tr is not None, best)
-        if score < threshold:
+    for r, score in zip(rows, scores, strict=True):
+        weak = not close or score < settings.search_hit_min_relevance
+        if weak:
             dropped += 1
             if not body.include_weak:
                 continue
@@ -195,7 +208,7 @@ async def search(
         hits.append(SearchHit(
             file_id=r.file_id, filename=r.filename, chunk_index=r.idx, text=r.text,
             snippet=snippet.text, highlights=snippet.highlights, matched=matched(r.vr, r.tr),
-            score=round(score, 4), strength=strength(score, threshold),
+            score=round(score, 4), strength="weak" if weak else strength(score),
             similarity=round(float(r.similarity), 4),
             collection_ids=in_collections.get(r.file_id, []),
         ))
@@ -203,7 +216,9 @@ async def search(
     return SearchResponse(
         query=body.query, mode=body.mode, hits=hits,
         groups=group_by_file(hits) if body.group_by_file else None,
-        threshold=threshold, below_threshold=dropped, took_ms=round(took, 1),
+        threshold=settings.search_min_relevance,
+        hit_threshold=settings.search_hit_min_relevance, no_close_match=bool(rows) and not close,
+        below_threshold=dropped, took_ms=round(took, 1),
         encode_ms=round(encode_ms, 1),
     )
 

@@ -81,8 +81,8 @@ def test_requests_get_a_clean_503_when_the_pool_is_exhausted(
 def test_concurrent_searches_under_a_tiny_pool_never_fail_with_500(
     fault_stack: FaultStack, web: WebUI
 ) -> None:
-    """30 searches at once against a pool of one connection. Query encoding (one at a
-    time) happens before the search takes a connection, so most succeed; whoever waits
+    """30 searches at once against a pool of one connection. Query encoding (micro-batched)
+    happens before the search takes a connection, so most succeed; whoever waits
     past DATABASE_POOL_TIMEOUT gets a clean 503. Never a 500, and nothing stays
     checked out."""
     user = fault_stack.user()
