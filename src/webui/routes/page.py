@@ -8,7 +8,8 @@ from fastapi import APIRouter, HTTPException
 from fastapi.responses import FileResponse
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
-_ASSETS = {"app.js": "text/javascript", "style.css": "text/css"}
+_MODULES = ("app", "api", "collections", "events", "files", "search", "ui", "uploads")
+_ASSETS = {**{f"{m}.js": "text/javascript" for m in _MODULES}, "style.css": "text/css"}
 router = APIRouter(include_in_schema=False)
 
 
