@@ -28,4 +28,4 @@ class AppState:
     # Queries are encoded one at a time with one intra-op thread: the webui's CPU
     # belongs to request handling, not to a pile of parallel encodes.
     encode_limiter: anyio.CapacityLimiter
-    events: EventHub  # the one pub/sub subscription of this process
+    events: EventHub  # the one event-stream reader of this process

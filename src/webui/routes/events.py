@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
+from shared.events import parse_stream_id
 from webui.deps import CurrentUser, StateDep
 from webui.events import RESYNC
 
@@ -26,8 +27,15 @@ async def events(request: Request, user: CurrentUser, state: StateDep) -> Stream
     "refetch your files' status" (after a gap the server cannot fill)."""
     hub = state.events
     user_id = str(user.id)
+    # Subscribed before the replay is read, so nothing falls between the two; what both
+    # deliver is sent once (ids are the stream's, ordered the same on every replica).
     sub = hub.subscribe(user_id)
-    missed = hub.replay(user_id, request.headers.get("last-event-id"))
+    try:
+        missed = await hub.replay(user_id, request.headers.get("last-event-id"))
+    except BaseException:
+        hub.unsubscribe(sub)
+        raise
+    seen = parse_stream_id(missed[-1][0] if missed else request.headers.get("last-event-id"))
 
     async def stream() -> AsyncIterator[str]:
         try:
@@ -45,6 +53,9 @@ async def events(request: Request, user: CurrentUser, state: StateDep) -> Stream
                         return
                     yield ": heartbeat\n\n"
                     continue
+                event_id = parse_stream_id(item[0])
+                if seen is not None and event_id is not None and event_id <= seen:
+                    continue  # already sent by the replay
                 yield _frame(*item)
         finally:
             hub.unsubscribe(sub)
