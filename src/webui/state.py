@@ -22,7 +22,7 @@ class AppState:
     engine: AsyncEngine
     session_factory: async_sessionmaker[Any]
     redis: Redis  # the one sync pool: RQ enqueues (run in threads) and health checks
-    aredis: AsyncRedis  # the one async pool: event subscription and per-user limits
+    aredis: AsyncRedis  # the one async pool: event-stream reader and per-user limits
     queue: Queue
     embedder: Embedder
     # Queries are encoded one at a time with one intra-op thread: the webui's CPU
