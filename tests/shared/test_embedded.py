@@ -6,6 +6,8 @@ import os
 import shutil
 import signal
 import stat
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -236,3 +238,39 @@ def test_a_trusting_data_folder_gets_a_password_on_start(
                             connect_timeout=5).close()
         with psycopg.connect(pg.url) as conn:
             assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+_STARTER = """
+import sys, time
+from pathlib import Path
+from shared.local.embedded import EmbeddedPostgres, EmbeddedRedis
+pg, rds = EmbeddedPostgres(Path(sys.argv[1]) / "pg"), EmbeddedRedis(Path(sys.argv[1]) / "redis")
+pg.start()
+rds.start()
+print(pg.pid, rds.pid, flush=True)
+time.sleep(600)
+"""
+
+
+def test_servers_stop_with_the_process_that_started_them(folders: _Folders) -> None:
+    """A test session or benchmark cut short with SIGKILL leaves no server behind."""
+    data = folders.mktemp("starter")
+    starter = subprocess.Popen([sys.executable, "-c", _STARTER, str(data)],
+                               stdout=subprocess.PIPE, text=True)
+    try:
+        assert starter.stdout is not None
+        pg_pid, redis_pid = map(int, starter.stdout.readline().split())
+        family = [pg_pid, redis_pid,
+                  *(p.pid for p in psutil.Process(pg_pid).children(recursive=True))]
+        assert not any(_gone(pid) for pid in family)
+        starter.kill()
+        starter.wait(10)
+        deadline = time.monotonic() + 30
+        while not all(_gone(pid) for pid in family) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert [pid for pid in family if not _gone(pid)] == []
+        log = (data / "pg" / "postgres.log").read_text()
+        assert "received fast shutdown request" in log  # stopped cleanly, not killed
+    finally:
+        starter.kill()
+        starter.communicate()  # reaps it and closes its stdout

@@ -155,6 +155,10 @@ class Lifeline:
         self._lock = threading.Lock()
 
     @property
+    def closed(self) -> bool:
+        return self._pipe is None
+
+    @property
     def reaper_pid(self) -> int:
         return self._proc.pid
 
@@ -186,9 +190,17 @@ def lifeline() -> Lifeline:
     """This process's reaper, started on first use (again in a forked child)."""
     global _lifeline
     with _lifeline_lock:
-        if _lifeline is None or _lifeline.owner != os.getpid():
+        if _lifeline is None or _lifeline.owner != os.getpid() or _lifeline.closed:
             _lifeline = Lifeline()
         return _lifeline
+
+
+def close_lifeline() -> None:
+    """At a clean exit: let this process's reaper finish now rather than just after we
+    are gone, so nothing of ours is seen running once we have exited."""
+    with _lifeline_lock:
+        if _lifeline is not None and _lifeline.owner == os.getpid():
+            _lifeline.close()
 
 
 def tether(

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import httpx
 
+from shared.local.lifeline import close_lifeline
 from shared.local.supervise import Supervisor
 from shared.settings import SettingsError, load_settings
 
@@ -83,6 +84,7 @@ def run_up(args: argparse.Namespace) -> int:
         stopping = True
 
     with ExitStack() as stack:
+        stack.callback(close_lifeline)  # last, once everything it guards has stopped
         if not env.get("DATABASE_URL"):
             pg = EmbeddedPostgres(data / "postgres")
             pg.start()

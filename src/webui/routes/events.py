@@ -35,7 +35,9 @@ async def events(request: Request, user: CurrentUser, state: StateDep) -> Stream
     except BaseException:
         hub.unsubscribe(sub)
         raise
-    seen = parse_stream_id(missed[-1][0] if missed else request.headers.get("last-event-id"))
+    # After a resync the client starts over: every live event is news to it.
+    seen = None if missed is None else parse_stream_id(
+        missed[-1][0] if missed else request.headers.get("last-event-id"))
 
     async def stream() -> AsyncIterator[str]:
         try:
