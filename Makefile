@@ -7,17 +7,41 @@ WORKERS ?= 1
 PORT ?= 8000
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install system-deps run test check bench eval loadtest clean
+.PHONY: install lock system-deps run test check bench eval loadtest clean
 
-$(VENV)/.installed: pyproject.toml
+# torch: installed first, alone (--no-deps) and pinned; it is not in the hashed lock
+# files. PyPI's torch 2.13.0 for Linux x86_64 is the CUDA build (other hashes, ~15
+# nvidia-* deps); `pip install torch==2.13.0` takes 2.13.0+cpu from pip's configured
+# find-links (/opt/wheels on the dev machines; images: the PyTorch CPU index). `make lock`
+# resolves against that CPU wheel and leaves torch out (--no-emit-package), so torch's
+# own deps (sympy, filelock, ...) are locked and hash-checked, and no nvidia-* package
+# is. The lock is complete, hence --no-deps; `pip check` proves the result consistent.
+TORCH := torch==2.13.0
+$(VENV)/.installed: pyproject.toml requirements/dev.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	# CPU torch first and pinned: an unpinned torch pulls a multi-GB CUDA build.
-	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet --no-deps $(TORCH)
+	$(PY) -m pip install --quiet --require-hashes --no-deps -r requirements/dev.txt
+	$(PY) -m pip install --quiet --no-deps -e .
+	$(PY) -m pip check
+	$(PY) -c 'import torch; assert torch.version.cuda is None, "CUDA torch: " + torch.version.cuda'
 	touch $@
 
 install: $(VENV)/.installed
+
+# Refresh requirements/*.txt after changing dependencies in pyproject.toml (needs uv:
+# `pip install uv`). Versions already locked are kept unless pyproject.toml rules them
+# out; `make lock UPGRADE=--upgrade` moves everything to the newest allowed. runtime.txt
+# (the images) is the dev lock's subset for the runtime deps, with the same versions.
+# Python 3.11.7: the oldest interpreter we run (a locked soupsieve needs >= 3.11.5).
+UV ?= uv
+TORCH_FIND_LINKS ?= /opt/wheels
+LOCK_FLAGS = --generate-hashes --no-emit-package torch --find-links $(TORCH_FIND_LINKS) \
+	--python-version 3.11.7 --python-platform x86_64-manylinux_2_28 --custom-compile-command 'make lock' $(UPGRADE)
+lock:
+	$(UV) pip compile pyproject.toml --extra dev -o requirements/dev.txt $(LOCK_FLAGS)
+	$(UV) pip compile pyproject.toml -o requirements/runtime.txt -c requirements/dev.txt $(LOCK_FLAGS)
 
 system-deps:
 	bash scripts/install-system-deps.sh

@@ -7,7 +7,6 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -23,6 +22,7 @@ from tests.support.helpers import free_port
 from tests.support.stack import (
     TEST_ENV,
     ApiUser,
+    Servers,
     Stack,
     make_user,
     start_webui,
@@ -31,12 +31,6 @@ from tests.support.stack import (
 )
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-@dataclass
-class Servers:
-    postgres: EmbeddedPostgres
-    redis: EmbeddedRedis
-
 
 @pytest.fixture(scope="session")
 def servers() -> Iterator[Servers]:

@@ -13,10 +13,17 @@ log = logging.getLogger("sluice.cli")
 
 
 def _migrate(settings: Settings, _: argparse.Namespace) -> int:
-    from shared.migrate import run_migrations
+    from shared.migrate import MigrationError, run_migrations
 
-    run_migrations(settings)
-    print("database schema is up to date")
+    try:
+        outcome = run_migrations(settings)
+    except MigrationError as err:
+        print(f"sluice migrate: {err}", file=sys.stderr)
+        return 1
+    if outcome == "newer":
+        print("database schema is newer than this image: running on it (expand-then-contract)")
+    else:
+        print("database schema is up to date")
     return 0
 
 
@@ -27,7 +34,7 @@ def _webui(settings: Settings, args: argparse.Namespace) -> int:
         "webui.app:create_app", factory=True, host=args.host or settings.host,
         port=args.port or settings.port, log_level=settings.log_level.lower(),
         # No proxy_headers: the trusted-proxy check must see the real peer address.
-        proxy_headers=False, timeout_graceful_shutdown=30,
+        proxy_headers=False, timeout_graceful_shutdown=settings.webui_drain_seconds,
     )
     return 0
 

@@ -4,11 +4,16 @@ The webui gets one async (asyncpg) engine per process, built in its lifespan.
 The worker gets one small sync (psycopg) engine, built at boot, never shared
 across a fork or an event loop. Both carry an `application_name` so
 `pg_stat_activity` shows who holds which connection.
+
+TLS: DATABASE_URL carries libpq's sslmode/sslrootcert/sslcert/sslkey once.
+psycopg passes them to libpq unchanged; for asyncpg they are taken out of the
+URL and turned into the SSLContext libpq would use (`asyncpg_ssl`).
 """
 
 from __future__ import annotations
 
 import logging
+import ssl
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Literal
@@ -17,9 +22,9 @@ from sqlalchemy import Engine, create_engine, make_url
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import Session, sessionmaker
-from sqlalchemy.pool import NullPool
 
-from shared.settings import Settings
+from shared.pools import TimedAsyncAdaptedQueuePool, TimedNullPool, TimedQueuePool
+from shared.settings import PG_TLS_PARAMS, Settings, postgres_tls
 
 log = logging.getLogger("sluice.db")
 
@@ -29,15 +34,49 @@ Component = Literal["webui", "worker", "cli"]
 def database_url(settings: Settings, driver: Literal["asyncpg", "psycopg"]) -> URL:
     if not settings.database_url:
         raise RuntimeError("DATABASE_URL is not set (run `sluice up` for embedded servers)")
-    url = make_url(settings.database_url)
-    return url.set(drivername=f"postgresql+{driver}")
+    url = make_url(settings.database_url).set(drivername=f"postgresql+{driver}")
+    if driver == "asyncpg":
+        # asyncpg takes TLS as one `ssl` argument (asyncpg_ssl), not libpq's names.
+        url = url.difference_update_query(PG_TLS_PARAMS)
+    return url
 
 
-def _pool_kwargs(settings: Settings, size: int, overflow: int) -> dict[str, Any]:
+def asyncpg_ssl(tls: dict[str, str]) -> ssl.SSLContext | str | None:
+    """What libpq does for these TLS parameters, as asyncpg's `ssl` argument.
+
+    None: asyncpg's default, which is libpq's (prefer). `require` with a root
+    certificate verifies the chain, as libpq does (verify-ca).
+    """
+    mode = tls.get("sslmode", "prefer")
+    if mode == "disable":
+        return "disable"
+    if mode in ("allow", "prefer") and "sslcert" not in tls:
+        return mode if "sslmode" in tls else None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    root = tls.get("sslrootcert")
+    if mode.startswith("verify-") or (mode == "require" and root):
+        if root == "system":
+            context.load_default_certs()
+        else:
+            context.load_verify_locations(cafile=root)
+        context.check_hostname = mode == "verify-full"
+        context.verify_mode = ssl.CERT_REQUIRED
+    else:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    if "sslcert" in tls:
+        context.load_cert_chain(tls["sslcert"], keyfile=tls.get("sslkey"))
+    return context
+
+
+def _pool_kwargs(settings: Settings, size: int, overflow: int, *, is_async: bool) -> dict[str, Any]:
+    # Timed pools (shared.pools) let /metrics time checkouts; they behave as their bases.
     if settings.uses_null_pool:
         # Only reachable with DATABASE_EXTERNAL_POOLER=true (see Settings).
-        return {"poolclass": NullPool}
+        return {"poolclass": TimedNullPool}
     return {
+        "poolclass": TimedAsyncAdaptedQueuePool if is_async else TimedQueuePool,
         "pool_size": size,
         "max_overflow": overflow,
         "pool_timeout": settings.database_pool_timeout,
@@ -79,13 +118,16 @@ def create_webui_engine(settings: Settings, component: Component = "webui") -> A
         "statement_timeout": str(settings.db_statement_timeout_ms),
     }
     connect_args: dict[str, Any] = {"server_settings": server_settings, "timeout": 10}
+    tls = asyncpg_ssl(postgres_tls(settings.database_url))
+    if tls is not None:
+        connect_args["ssl"] = tls
     if settings.database_external_pooler:
         # PgBouncer in transaction mode cannot keep prepared statements per session.
         connect_args["statement_cache_size"] = 0
     return create_async_engine(
         database_url(settings, "asyncpg"),
         connect_args=connect_args,
-        **_pool_kwargs(settings, size, overflow),
+        **_pool_kwargs(settings, size, overflow, is_async=True),
     )
 
 
@@ -103,7 +145,7 @@ def create_worker_engine(settings: Settings, component: Component = "worker") ->
     return create_engine(
         database_url(settings, "psycopg"),
         connect_args=connect_args,
-        **_pool_kwargs(settings, size, 0),
+        **_pool_kwargs(settings, size, 0, is_async=False),
     )
 
 

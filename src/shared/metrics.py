@@ -10,22 +10,24 @@ does no work. Names follow Prometheus conventions: base units in the name
 
 from __future__ import annotations
 
-import inspect
 import threading
-import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from redis import BlockingConnectionPool, Redis
+from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy import Engine, event
-from sqlalchemy import exc as sa_exc
-from sqlalchemy.pool import Pool, QueuePool
+from sqlalchemy.pool import QueuePool
+
+from shared.pools import (
+    ERROR_KINDS,
+    AsyncCountedBlockingConnectionPool,
+    CountedBlockingConnectionPool,
+    TimedPool,
+)
 
 DB_WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 JOB_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 180, 300, 450, 600, 900, 1800, 3600)
@@ -81,113 +83,75 @@ class DbPoolCollector(Collector):
         yield gauge("sluice_db_pool_overflow", "Overflow connections open beyond the pool size.", overflow)
 
 
-def instrument_db_pool(engine: Engine, wait: Histogram, timeouts: Counter) -> None:
-    """Time every checkout (`Pool.connect`) of this engine's pool, now and after dispose().
+class DbCheckoutMetrics:
+    """`sluice_db_pool_wait_seconds` and `sluice_db_pool_timeouts`, fed by a timed pool
+    (`shared.pools.TimedPool`) of the engine."""
 
-    SQLAlchemy has no event *before* a checkout, so the pool's class is swapped for
-    a subclass whose `connect()` is timed; `Pool.recreate()` (run by dispose())
-    builds `self.__class__`, so a recreated pool stays timed. The time covers the
-    wait for a free slot plus opening a new connection and the pre-ping.
-    """
+    def __init__(self) -> None:
+        self.wait = Histogram(
+            "sluice_db_pool_wait_seconds",
+            "Time to get a connection from the DB pool (queue wait + connect + pre-ping).",
+            buckets=DB_WAIT_BUCKETS, registry=None,
+        )
+        self.timeouts = Counter(
+            "sluice_db_pool_timeouts", "Checkouts that gave up after DATABASE_POOL_TIMEOUT.",
+            registry=None,
+        )
+
+    def checked_out(self, seconds: float, timed_out: bool) -> None:
+        self.wait.observe(seconds)
+        if timed_out:
+            self.timeouts.inc()
+
+
+def timed_pool(engine: Engine) -> TimedPool:
     pool = engine.pool
-    base: type[Pool] = getattr(type(pool), "_sluice_base", type(pool))
-
-    def connect(self: Pool) -> Any:
-        started = time.perf_counter()
-        try:
-            return base.connect(self)
-        except sa_exc.TimeoutError:
-            timeouts.inc()
-            raise
-        finally:
-            wait.observe(time.perf_counter() - started)
-
-    pool.__class__ = type(f"Timed{base.__name__}", (base,), {"connect": connect, "_sluice_base": base})
+    if not isinstance(pool, TimedPool):
+        raise TypeError(f"{type(pool).__name__} cannot time checkouts: build engines with shared.db")
+    return pool
 
 
 # --- Redis pool ---------------------------------------------------------------
 
 
-class RedisPoolCollector(Collector):
-    """In-use and maximum connections of a process's Redis pools (label `pool`: sync, async)."""
+RedisPool = CountedBlockingConnectionPool | AsyncCountedBlockingConnectionPool
 
-    def __init__(self, pools: dict[str, Any]):
+
+class RedisPoolCollector(Collector):
+    """In-use, maximum and opened connections of a process's Redis pools (label `pool`:
+    sync, async) and their connection errors (`shared.pools.RedisPoolStats`)."""
+
+    def __init__(self, pools: dict[str, RedisPool]):
         self._pools = pools
 
     def collect(self) -> Iterable[Metric]:
-        families = {
-            "in_use": GaugeMetricFamily("sluice_redis_pool_in_use",
-                                        "Redis connections checked out of the pool.", labels=["pool"]),
-            "max": GaugeMetricFamily("sluice_redis_pool_max",
-                                     "Most connections the pool may open (REDIS_MAX_CONNECTIONS for "
-                                     "the sync pool).", labels=["pool"]),
-            "open": GaugeMetricFamily("sluice_redis_pool_connections",
-                                      "Redis connections the pool has opened.", labels=["pool"]),
-        }
+        in_use = GaugeMetricFamily("sluice_redis_pool_in_use",
+                                   "Redis connections checked out of the pool.", labels=["pool"])
+        maximum = GaugeMetricFamily("sluice_redis_pool_max",
+                                    "Most connections the pool may open (REDIS_MAX_CONNECTIONS for "
+                                    "the sync pool).", labels=["pool"])
+        opened = GaugeMetricFamily("sluice_redis_pool_connections",
+                                   "Redis connections the pool has opened.", labels=["pool"])
+        errors = CounterMetricFamily("sluice_redis_errors",
+                                     "Redis connection errors and timeouts, by kind.", labels=["kind"])
+        totals = dict.fromkeys(ERROR_KINDS, 0)
         for name, pool in self._pools.items():
-            maximum = int(pool.max_connections)
-            if isinstance(pool, BlockingConnectionPool):
-                # The queue holds idle connections plus None placeholders for unopened slots.
-                in_use, opened = maximum - pool.pool.qsize(), len(pool._connections)
-            else:  # redis.asyncio pools (and the non-blocking sync pool) keep two collections
-                in_use = len(pool._in_use_connections)
-                opened = in_use + len(pool._available_connections)
-            families["in_use"].add_metric([name], in_use)
-            families["max"].add_metric([name], maximum)
-            families["open"].add_metric([name], opened)
-        yield from families.values()
+            in_use.add_metric([name], pool.stats.in_use)
+            maximum.add_metric([name], int(pool.max_connections))
+            opened.add_metric([name], pool.stats.opened)
+            for kind, count in pool.stats.errors().items():
+                totals[kind] += count
+        for kind, count in totals.items():
+            errors.add_metric([kind], count)
+        yield from (in_use, maximum, opened, errors)
 
 
-_WATCHED = (RedisConnectionError, RedisTimeoutError)
-
-
-def _count_error(errors: Counter, err: BaseException, default: str) -> None:
-    if getattr(err, "_sluice_counted", False):
-        return  # counted where it was raised (a nested call)
-    kind = "timeout" if isinstance(err, RedisTimeoutError) else default
-    errors.labels(kind=kind).inc()
-    try:
-        err._sluice_counted = True  # type: ignore[attr-defined]
-    except AttributeError:
-        pass
-
-
-def instrument_redis_pool(pool: Any, errors: Counter) -> None:
-    """Count connection errors and timeouts of this pool's connections (sync or asyncio).
-
-    Wherever the application catches a RedisError (enqueue, heartbeat, reconciler,
-    readiness, events), the error went through a pooled connection first, so
-    counting it here covers every call site. Kinds: `timeout` (socket timeout),
-    `connection` (refused, reset, closed), `pool_exhausted` (no free connection
-    within REDIS_POOL_TIMEOUT). Command errors (WRONGTYPE, …) are bugs, not counted.
-    """
-    base: type[Any] = getattr(pool.connection_class, "_sluice_base", pool.connection_class)
-
-    def wrap(method: Callable[..., Any], default: str) -> Callable[..., Any]:
-        if inspect.iscoroutinefunction(method):
-            async def counted_async(*args: Any, **kwargs: Any) -> Any:
-                try:
-                    return await method(*args, **kwargs)
-                except _WATCHED as err:
-                    _count_error(errors, err, default)
-                    raise
-
-            return counted_async
-
-        def counted(*args: Any, **kwargs: Any) -> Any:
-            try:
-                return method(*args, **kwargs)
-            except _WATCHED as err:
-                _count_error(errors, err, default)
-                raise
-
-        return counted
-
-    methods = {n: wrap(getattr(base, n), "connection")
-               for n in ("connect", "send_packed_command", "read_response")}
-    pool.connection_class = type(f"Counted{base.__name__}", (base,), {**methods, "_sluice_base": base})
-    # connect() errors are counted above; what get_connection() adds is the pool's own wait.
-    pool.get_connection = wrap(pool.get_connection, "pool_exhausted")
+def counted_pool(client: Redis | AsyncRedis) -> RedisPool:
+    pool = client.connection_pool
+    if not isinstance(pool, (CountedBlockingConnectionPool, AsyncCountedBlockingConnectionPool)):
+        raise TypeError(f"{type(pool).__name__} counts nothing: build Redis clients with "
+                        "shared.redis_pool")
+    return pool
 
 
 # --- One process's resources ------------------------------------------------------
@@ -205,34 +169,23 @@ class ResourceMetrics:
         aredis: AsyncRedis | None = None, extra: Iterable[Collector] = (),
     ):
         self._registry = registry
-        wait = Histogram(
-            "sluice_db_pool_wait_seconds",
-            "Time to get a connection from the DB pool (queue wait + connect + pre-ping).",
-            buckets=DB_WAIT_BUCKETS, registry=None,
-        )
-        timeouts = Counter(
-            "sluice_db_pool_timeouts", "Checkouts that gave up after DATABASE_POOL_TIMEOUT.",
-            registry=None,
-        )
-        errors = Counter(
-            "sluice_redis_errors", "Redis connection errors and timeouts, by kind.",
-            ["kind"], registry=None,
-        )
-        for kind in ("timeout", "connection", "pool_exhausted"):
-            errors.labels(kind=kind)
-        instrument_db_pool(engine, wait, timeouts)
-        pools: dict[str, Any] = {"sync": redis.connection_pool}
+        self._engine = engine
+        self._checkouts = DbCheckoutMetrics()
+        timed_pool(engine).checkout_observer = self._checkouts  # recreate() carries it on
+        pools: dict[str, RedisPool] = {"sync": counted_pool(redis)}
         if aredis is not None:
-            pools["async"] = aredis.connection_pool
-        for pool in pools.values():
-            instrument_redis_pool(pool, errors)
+            pools["async"] = counted_pool(aredis)
         self._collectors: list[Collector] = [
-            wait, timeouts, errors, DbPoolCollector(engine, db_limit), RedisPoolCollector(pools), *extra,
+            self._checkouts.wait, self._checkouts.timeouts, DbPoolCollector(engine, db_limit),
+            RedisPoolCollector(pools), *extra,
         ]
         for collector in self._collectors:
             registry.register(collector)
 
     def close(self) -> None:
+        pool = timed_pool(self._engine)
+        if pool.checkout_observer is self._checkouts:
+            pool.checkout_observer = None
         for collector in self._collectors:
             try:
                 self._registry.unregister(collector)

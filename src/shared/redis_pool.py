@@ -3,16 +3,18 @@
 Blocking with a timeout: under load a caller waits up to REDIS_POOL_TIMEOUT for
 a free connection, then gets a clear error; the pool never grows past
 REDIS_MAX_CONNECTIONS. RQ needs raw bytes, so `decode_responses` stays False.
+The pools (shared.pools) count checkouts, opened connections and connection
+errors for /metrics; they behave as redis-py's blocking pools.
 """
 
 from __future__ import annotations
 
 import logging
 
-from redis import BlockingConnectionPool, Redis
-from redis.asyncio import BlockingConnectionPool as AsyncBlockingConnectionPool
+from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 
+from shared.pools import AsyncCountedBlockingConnectionPool, CountedBlockingConnectionPool
 from shared.settings import Settings
 
 log = logging.getLogger("sluice.redis")
@@ -21,7 +23,7 @@ log = logging.getLogger("sluice.redis")
 def create_redis(settings: Settings, component: str) -> Redis:
     if not settings.redis_url:
         raise RuntimeError("REDIS_URL is not set (run `sluice up` for embedded servers)")
-    pool = BlockingConnectionPool.from_url(
+    pool = CountedBlockingConnectionPool.from_url(
         settings.redis_url,
         max_connections=settings.redis_max_connections,
         timeout=settings.redis_pool_timeout,
@@ -40,7 +42,7 @@ def create_redis(settings: Settings, component: str) -> Redis:
 
 def create_async_redis(settings: Settings, component: str) -> AsyncRedis:
     """The webui's one async pool (event-stream reader + rate limits), bounded too."""
-    pool = AsyncBlockingConnectionPool.from_url(
+    pool = AsyncCountedBlockingConnectionPool.from_url(
         settings.redis_url,
         max_connections=settings.redis_async_max_connections,
         timeout=settings.redis_pool_timeout,

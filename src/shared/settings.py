@@ -12,6 +12,7 @@ import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
+from urllib.parse import parse_qs, urlsplit
 
 from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -19,6 +20,36 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 class SettingsError(RuntimeError):
     """A setting is missing or invalid; the message names the variable."""
+
+
+# libpq's TLS parameters, written once in DATABASE_URL's query string
+# (`?sslmode=verify-full&sslrootcert=/etc/pki/db-ca.crt`). psycopg (libpq)
+# reads them as they are; shared.db translates them into an SSLContext for
+# asyncpg, which would reject them as keyword arguments.
+PG_TLS_PARAMS = ("sslmode", "sslrootcert", "sslcert", "sslkey")
+PG_SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+
+
+def postgres_tls(url: str) -> dict[str, str]:
+    """The TLS parameters of a DATABASE_URL; ValueError if they cannot mean what libpq means."""
+    query = parse_qs(urlsplit(url).query, keep_blank_values=True)
+    if "ssl" in query:
+        raise ValueError(
+            "use libpq's ?sslmode=... (disable, require, verify-ca, verify-full), not asyncpg's "
+            "?ssl=...: Sluice translates sslmode for both of its drivers"
+        )
+    tls = {k: v[-1] for k, v in query.items() if k in PG_TLS_PARAMS}
+    mode = tls.get("sslmode", "prefer")
+    if mode not in PG_SSLMODES:
+        raise ValueError(f"sslmode={mode!r} is not one of {', '.join(PG_SSLMODES)}")
+    if mode.startswith("verify-") and not tls.get("sslrootcert"):
+        raise ValueError(
+            f"sslmode={mode} needs sslrootcert=<CA file> (or sslrootcert=system for the "
+            "system's CAs) to verify the server's certificate against"
+        )
+    if ("sslkey" in tls) != ("sslcert" in tls):
+        raise ValueError("sslcert and sslkey go together (a client certificate and its key)")
+    return tls
 
 
 class Settings(BaseSettings):
@@ -94,6 +125,10 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65_535)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # On SIGTERM the webui stops accepting connections and lets open requests
+    # (uploads, event streams) finish for this long before cutting them. The
+    # cluster sets it to cover a maximal upload; its grace period follows.
+    webui_drain_seconds: int = Field(default=30, ge=1, le=3_600)
     redis_async_max_connections: int = Field(default=10, ge=2, le=1_000)
 
     # --- Accounts and abuse limits -----------------------------------------
@@ -113,6 +148,10 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_consistency(self) -> Settings:
+        try:
+            postgres_tls(self.database_url)
+        except ValueError as err:
+            raise ValueError(f"DATABASE_URL: {err}") from None
         if self.database_pool_size == 0 and not self.database_external_pooler:
             raise ValueError(
                 "DATABASE_POOL_SIZE=0 selects NullPool: a new Postgres connection for every "

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from .manifests import KUSTOMIZE, OVERLAYS, Doc, render
+from .manifests import OVERLAYS, Doc, configured, render
 
 
 @pytest.fixture(scope="session")
 def rendered() -> dict[str, list[Doc]]:
-    return {name: render(KUSTOMIZE / "overlays" / name) for name in OVERLAYS}
+    return {name: render(configured() / "overlays" / name) for name in OVERLAYS}
 
 
 @pytest.fixture(params=OVERLAYS)

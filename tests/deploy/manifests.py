@@ -7,12 +7,15 @@ replacements are all accounted for.
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +24,31 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 KUSTOMIZE = REPO / "deploy" / "kustomize"
 OVERLAYS = ("dev", "prod")
-# CI runs from a fresh clone with a copy of shared/ beside it (../shared).
-SCHEMAS = REPO.parent / "shared" / "k8s-schemas"
+# JSON schemas of the non-core kinds, vendored (deploy/schemas/README.md).
+SCHEMAS = REPO / "deploy" / "schemas"
 
 Doc = dict[str, Any]
+
+# What a platform engineer writes into each overlay's cluster.env before the
+# first apply (the committed files leave every parameter unset on purpose).
+CLUSTER_PARAMS = {"RWX_STORAGE_CLASS": "test-rwx-cephfs"}
+
+
+@cache
+def configured() -> Path:
+    """A copy of deploy/kustomize with every overlay's cluster.env filled in.
+
+    Tests render this copy, as `oc apply -k` would after the README's first
+    step; the repository's own overlays refuse to render until then
+    (test_render checks that).
+    """
+    root = Path(tempfile.mkdtemp(prefix="sluice-kustomize-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    shutil.copytree(KUSTOMIZE, root / "kustomize")
+    for env in (root / "kustomize" / "overlays").glob("*/cluster.env"):
+        params = "".join(f"{key}={value}\n" for key, value in CLUSTER_PARAMS.items())
+        env.write_text(env.read_text() + params)
+    return root / "kustomize"
 
 
 def kubectl_binaries() -> list[str]:
@@ -66,11 +90,12 @@ def render(path: Path) -> list[Doc]:
 
 
 def temp_overlay(tmp: Path, body: str) -> Path:
-    """A kustomization in `tmp` whose `{kustomize}` placeholders point at deploy/kustomize.
+    """A kustomization in `tmp` whose `{kustomize}` placeholders point at the
+    configured copy of deploy/kustomize.
 
     kustomize only accepts relative paths to other kustomizations.
     """
-    rel = os.path.relpath(KUSTOMIZE, tmp)
+    rel = os.path.relpath(configured(), tmp)
     (tmp / "kustomization.yaml").write_text(body.replace("{kustomize}", rel))
     return tmp
 
@@ -101,8 +126,23 @@ def config_map(docs: list[Doc]) -> Doc:
 
 
 def config(docs: list[Doc]) -> dict[str, str]:
+    """The shared settings (sluice-config)."""
     data: dict[str, str] = config_map(docs).get("data", {})
     return data
+
+
+def component_config_map(docs: list[Doc], component: str) -> Doc:
+    """sluice-webui-config / sluice-worker-config: what only that component's pods see."""
+    prefix = f"sluice-{component}-config"
+    found = [d for d in of_kind(docs, "ConfigMap") if d["metadata"]["name"].startswith(prefix)]
+    assert len(found) == 1, [d["metadata"]["name"] for d in found]
+    return found[0]
+
+
+def component_config(docs: list[Doc], component: str) -> dict[str, str]:
+    """The settings a component's containers get: shared, then its own."""
+    own: dict[str, str] = component_config_map(docs, component).get("data", {})
+    return {**config(docs), **own}
 
 
 def deployment(docs: list[Doc], component: str) -> Doc:
@@ -134,8 +174,18 @@ def containers(pod: Doc, init: bool = True) -> list[Doc]:
 
 
 def main_container(dep: Doc) -> Doc:
-    (container,) = dep["spec"]["template"]["spec"]["containers"]
+    """The container named after the Deployment's component (not a sidecar)."""
+    component = dep["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"]
+    (container,) = [c for c in dep["spec"]["template"]["spec"]["containers"] if c["name"] == component]
     return container
+
+
+# Sidecars that are not Sluice (components/oauth-proxy): no Sluice config or image.
+SIDECARS = {"oauth-proxy"}
+
+
+def sluice_containers(pod: Doc) -> list[Doc]:
+    return [c for c in containers(pod) if c["name"] not in SIDECARS]
 
 
 def autoscaled_max(docs: list[Doc], dep: Doc) -> int:

@@ -7,9 +7,11 @@ from pathlib import Path
 import pytest
 
 from .manifests import (
+    CLUSTER_PARAMS,
     KUSTOMIZE,
     OVERLAYS,
     Doc,
+    configured,
     kubectl_binaries,
     kustomize,
     named,
@@ -23,12 +25,34 @@ from .manifests import (
 @pytest.mark.parametrize("binary", kubectl_binaries() or ["kubectl"])
 @pytest.mark.parametrize("name", OVERLAYS)
 def test_overlay_renders_without_warnings(name: str, binary: str) -> None:
-    out = kustomize(KUSTOMIZE / "overlays" / name, binary)
+    out = kustomize(configured() / "overlays" / name, binary)
     assert out.returncode == 0, out.stderr
     # Deprecated fields (commonLabels, patchesStrategicMerge, vars, ...) print
     # "# Warning: ..." here; oc shows the same to whoever applies the overlay.
     assert out.stderr == ""
     assert out.stdout.count("\nkind: ") >= 10
+
+
+@pytest.mark.parametrize("name", OVERLAYS)
+def test_an_unset_storage_class_fails_the_render_clearly(name: str) -> None:
+    """As committed (cluster.env not filled in), an overlay does not render, and
+    the error names the parameter to set: no PVC Pending on a class that only
+    exists on someone else's cluster."""
+    out = kustomize(KUSTOMIZE / "overlays" / name)
+    assert out.returncode != 0
+    assert "data.RWX_STORAGE_CLASS" in out.stderr and "sluice-cluster-params" in out.stderr
+    # The file says how to set it, and which classes are known to work.
+    env = (KUSTOMIZE / "overlays" / name / "cluster.env").read_text()
+    assert "# RWX_STORAGE_CLASS=" in env and "ocs-storagecluster-cephfs" in env
+
+
+def test_the_storage_class_comes_from_cluster_env(rendered: dict[str, list[Doc]]) -> None:
+    for docs in rendered.values():
+        pvc = named(docs, "PersistentVolumeClaim", "sluice-uploads")
+        assert pvc is not None
+        assert pvc["spec"]["storageClassName"] == CLUSTER_PARAMS["RWX_STORAGE_CLASS"]
+        # local-config: the parameters are never applied to the cluster.
+        assert not named(docs, "ConfigMap", "sluice-cluster-params")
 
 
 def test_base_renders_on_its_own() -> None:
@@ -52,9 +76,14 @@ def _references(docs: list[Doc]) -> list[tuple[str, str, str]]:
                     refs.append((who, "TriggerAuthentication", trigger["authenticationRef"]["name"]))
         if d["kind"] == "TriggerAuthentication":
             refs += [(who, "Secret", ref["name"]) for ref in spec.get("secretTargetRef", [])]
+            refs += [(who, "ConfigMap", ref["name"]) for ref in spec.get("configMapTargetRef", [])]
+            refs += [(who, "ServiceAccount", ref["serviceAccountName"])
+                     for ref in spec.get("boundServiceAccountToken", [])]
         if d["kind"] == "RoleBinding":
             refs.append((who, d["roleRef"]["kind"], d["roleRef"]["name"]))
-            refs += [(who, s["kind"], s["name"]) for s in d["subjects"]]
+            # A subject in another namespace (KEDA's operator) is not ours to create.
+            refs += [(who, s["kind"], s["name"]) for s in d["subjects"]
+                     if s.get("namespace") in (None, d["metadata"].get("namespace"))]
         if d["kind"] == "Secret" and d.get("type") == "kubernetes.io/service-account-token":
             account = d["metadata"]["annotations"]["kubernetes.io/service-account.name"]
             refs.append((who, "ServiceAccount", account))
@@ -69,6 +98,8 @@ def _references(docs: list[Doc]) -> list[tuple[str, str, str]]:
             for source in c.get("envFrom", []):
                 if "configMapRef" in source:
                     refs.append((who, "ConfigMap", source["configMapRef"]["name"]))
+                if "secretRef" in source:
+                    refs.append((who, "Secret", source["secretRef"]["name"]))
             for env in c.get("env", []):
                 ref = env.get("valueFrom", {}).get("configMapKeyRef")
                 if ref:
@@ -77,7 +108,9 @@ def _references(docs: list[Doc]) -> list[tuple[str, str, str]]:
 
 
 # Created by the operator, never by the overlays (see base/secret.example.yaml).
-EXTERNAL = {("Secret", "sluice-secrets")}
+EXTERNAL = {("Secret", "sluice-secrets"), ("ServiceAccount", "default"),
+            # Optional (the volume says so): the Postgres CA, for sslmode=verify-full.
+            ("ConfigMap", "sluice-db-ca")}
 
 
 def _assert_references_resolve(docs: list[Doc]) -> None:

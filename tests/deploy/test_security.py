@@ -112,5 +112,22 @@ def test_read_only_root_with_writable_tmp_and_caches(docs: list[Doc]) -> None:
 
 
 def test_no_service_account_token_in_app_pods(docs: list[Doc]) -> None:
+    """No automount; the only token is the oauth-proxy's own (its OAuth client
+    secret), mounted into that container alone."""
     for who, pod in pod_specs(docs):
         assert pod.get("automountServiceAccountToken") is False, who
+        token_volumes = {
+            v["name"] for v in pod.get("volumes", [])
+            if any("serviceAccountToken" in s for s in v.get("projected", {}).get("sources", []))
+        }
+        for c in containers(pod):
+            mounted = {m["name"] for m in c.get("volumeMounts", [])} & token_volumes
+            assert not mounted or c["name"] == "oauth-proxy", f"{who}/{c['name']} mounts a token"
+
+
+def test_volumes_are_not_relabelled_on_every_start(docs: list[Doc]) -> None:
+    """A pod with a persistent volume sets fsGroupChangePolicy: OnRootMismatch, so a
+    large uploads volume is not walked (chown of every file) at each pod start."""
+    for who, pod in pod_specs(docs):
+        if any("persistentVolumeClaim" in v for v in pod.get("volumes", [])):
+            assert pod["securityContext"].get("fsGroupChangePolicy") == "OnRootMismatch", who

@@ -17,6 +17,7 @@ from sqlalchemy import Engine
 
 from shared.accounts import create_key, ensure_user
 from shared.db import sync_session_factory
+from shared.local.embedded import EmbeddedPostgres, EmbeddedRedis
 from shared.local.lifeline import die_with_parent, tether
 from tests.support.helpers import wait_until
 
@@ -128,3 +129,9 @@ def make_user(db_engine: Engine, label: str = "user") -> ApiUser:
         user = ensure_user(session, email)
         key = create_key(session, user, name="test")
         return ApiUser(str(user.id), email, key)
+
+
+@dataclass
+class Servers:
+    postgres: EmbeddedPostgres
+    redis: EmbeddedRedis
