@@ -89,15 +89,18 @@ def stack(
 ) -> Iterator[Stack]:
     """One webui and one worker for the whole session, as `sluice up` would run them."""
     logs = tmp_path_factory.mktemp("logs")
-    port = free_port()
-    webui = start_webui(env, logs / "webui.log", port, wait=False)  # boots while the worker does
+    port, webui_metrics_port = free_port(), free_port()
+    webui_env = {**env, "WEBUI_METRICS_PORT": str(webui_metrics_port),
+                 "WEBUI_METRICS_HOST": "127.0.0.1"}
+    webui = start_webui(webui_env, logs / "webui.log", port, wait=False)  # boots while the worker does
     metrics_port = free_port()
     metrics_env = {"WORKER_METRICS_PORT": str(metrics_port), "WORKER_METRICS_HOST": "127.0.0.1"}
     worker = start_worker({**env, **metrics_env}, logs / "worker.log", redis_client)
     url = f"http://127.0.0.1:{port}"
     wait_webui_ready(webui, url)
     try:
-        yield Stack(url, webui, worker, f"http://127.0.0.1:{metrics_port}/metrics")
+        yield Stack(url, webui, worker, f"http://127.0.0.1:{metrics_port}/metrics",
+                    f"http://127.0.0.1:{webui_metrics_port}/metrics")
     finally:
         worker.stop()
         webui.stop()

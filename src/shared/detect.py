@@ -91,12 +91,9 @@ _KNOWN_BINARY: tuple[tuple[bytes, str], ...] = (
     (b"{\\rtf", "an RTF document; save it as .docx or PDF"),
 )
 
-_NAME_PROMISES = {".pdf": ("pdf", "a PDF"), ".docx": ("docx", "a Word document")}
+NAME_PROMISES = {".pdf": ("pdf", "a PDF"), ".docx": ("docx", "a Word document")}
 _MARKDOWN_EXTS = (".md", ".markdown", ".mdown", ".mkd")
 _PLAIN_EXTS = (".txt", ".text", ".log", *_MARKDOWN_EXTS)
-_HTML_START = re.compile(
-    r"(<!--.*?-->\s*|<\?xml[^>]*>\s*)*<(!doctype\s+html|html[\s>])", re.I | re.S
-)
 _HTML_TAG = re.compile(
     r"<(html|head|body|div|p|span|table|tr|td|title|meta|a\s+href|ul|li|h[1-6])[\s>/]", re.I
 )
@@ -116,10 +113,10 @@ def detect_type(path: Path, filename: str) -> str:
         head = fh.read(HEAD_BYTES)
     ext = Path(filename.strip().lower()).suffix
 
-    promised = _NAME_PROMISES.get(ext)
+    promised = NAME_PROMISES.get(ext)
     kind = _binary_kind(path, head)
     if kind is None and not _looks_textual(head):
-        what = _describe_binary(head)
+        what = describe_binary(head)
         if promised:
             raise DocumentRejected(
                 f"file is named {ext} but its content is not {promised[1]} ({what})"
@@ -151,6 +148,11 @@ def _zip_kind(path: Path) -> str:
         raise DocumentRejected(
             "unsupported file type: a damaged or incomplete ZIP archive"
         ) from None
+    return kind_from_zip_names(names)
+
+
+def kind_from_zip_names(names: set[str]) -> str:
+    """``"docx"``, or ``DocumentRejected`` saying which other ZIP format this is."""
     if "word/document.xml" in names:
         return "docx"
     # Only the central directory was read: nothing of a non-Word ZIP is ever
@@ -167,11 +169,35 @@ def _zip_kind(path: Path) -> str:
     raise DocumentRejected("unsupported file type: looks like a ZIP archive")
 
 
+def starts_like_html(text: str) -> bool:
+    """An HTML document: optional comments and XML declarations, then a doctype or
+    <html>. A left-to-right scan, linear in ``text``: the regex it replaces
+    (``(<!--.*?-->\\s*|...)*<html``) backtracked exponentially on ``<!---->`` repeats."""
+    pos, end = 0, len(text)
+    while True:
+        while pos < end and text[pos].isspace():
+            pos += 1
+        if text.startswith("<!--", pos):
+            close = text.find("-->", pos + 4)
+        elif text[pos : pos + 5].lower() == "<?xml":
+            close = text.find(">", pos + 5)
+        else:
+            break
+        if close < 0:
+            return False
+        pos = close + (3 if text[pos + 1] == "!" else 1)
+    head = text[pos : pos + 64].lower()
+    if head.startswith("<!doctype"):
+        rest = head[9:]
+        return rest[:1].isspace() and rest.lstrip().startswith("html")
+    return head.startswith("<html") and (head[5:6].isspace() or head[5:6] == ">")
+
+
 def _looks_textual(head: bytes) -> bool:
     """Text if it carries a Unicode BOM, or has no NUL and a plausible encoding."""
     if any(head.startswith(bom) for bom, _ in BOMS):
         return True
-    if _utf16_without_bom(head):
+    if utf16_without_bom(head):
         return True
     # Real binaries have NULs in their headers; matching magic alone would
     # misfile text that merely starts with "BM" or "MZ".  RTF is the textual
@@ -194,7 +220,7 @@ def _known_binary(head: bytes) -> str | None:
     return None
 
 
-def _describe_binary(head: bytes) -> str:
+def describe_binary(head: bytes) -> str:
     """A human phrase for a binary file we do not support."""
     known = _known_binary(head)
     if known:
@@ -207,7 +233,7 @@ def _describe_binary(head: bytes) -> str:
     return f"looks like {label}" if label else "unrecognised binary file"
 
 
-def _utf16_without_bom(data: bytes) -> str | None:
+def utf16_without_bom(data: bytes) -> str | None:
     """``"utf-16-le"``/``"utf-16-be"`` for UTF-16 text written without a BOM.
 
     Windows tools (PowerShell 5 ``>``, some exports) write BOM-less UTF-16.
@@ -250,7 +276,7 @@ def decode_text(data: bytes, *, truncated: bool = False) -> str:
         if data.startswith(bom):
             return data.decode(codec, errors="replace")
     # Before UTF-8: ASCII-range UTF-16 is valid UTF-8 (with NULs between letters).
-    utf16 = _utf16_without_bom(data)
+    utf16 = utf16_without_bom(data)
     if utf16:
         return data.decode(utf16, errors="replace")
     try:
@@ -283,7 +309,7 @@ def _decode_legacy(data: bytes) -> str:
 def _text_kind(head: bytes, ext: str, *, complete: bool) -> str:
     """Pick a text sub-type: content first, then the name as a tie-breaker."""
     sample = decode_text(head, truncated=not complete).lstrip("\ufeff \t\r\n")
-    if _HTML_START.match(sample[:4096]):
+    if starts_like_html(sample[:4096]):
         return "html"
     if sample[:1] in ("{", "["):
         if complete and _parses_as_json(sample):

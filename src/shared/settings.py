@@ -93,6 +93,9 @@ class Settings(BaseSettings):
     # The worker's own /metrics (Prometheus scrapes the pod IP); 0 = not served.
     worker_metrics_port: int = Field(default=9100, ge=0, le=65_535)
     worker_metrics_host: str = "0.0.0.0"
+    # The webui's /metrics, on its own port: the API port (the Route) never serves them.
+    webui_metrics_port: int = Field(default=9200, ge=0, le=65_535)
+    webui_metrics_host: str = "0.0.0.0"
 
     # --- Pipeline -----------------------------------------------------------
     embedding_model: str = Field(
@@ -138,8 +141,15 @@ class Settings(BaseSettings):
     forwarded_user_header: str = "X-Forwarded-Email"
     trusted_proxies: str = Field(default="127.0.0.1/32,::1/128", description="CIDRs, comma-separated")
     rate_limit_per_minute: int = Field(default=600, ge=0, description="per user; 0 = off")
+    # Per client address (X-Forwarded-For from a trusted proxy); 0 = off.
+    auth_failures_per_minute: int = Field(default=20, ge=0)
     user_quota_mb: int = Field(default=5_120, ge=1, description="stored bytes per user")
-    uploads_in_flight_per_user: int = Field(default=4, ge=1, le=1_000)
+    # 8: a browser opens at most 6 connections per host, so a folder dropped on the page
+    # never meets it; a script sending more gets 429 + Retry-After and retries.
+    uploads_in_flight_per_user: int = Field(default=8, ge=1, le=1_000)
+    event_streams_per_user: int = Field(default=10, ge=1, le=1_000)
+    # Every request body except the upload's (JSON: search, admin); bigger is 413.
+    max_request_body_kb: int = Field(default=256, ge=1, le=65_536)
     upload_max_parts: int = Field(default=8, ge=1, le=1_000)
 
     # Benchmark-only: reload the model for every job, as the seed system did.
@@ -177,6 +187,10 @@ class Settings(BaseSettings):
     @property
     def max_upload_bytes(self) -> int:
         return self.max_upload_mb * 1024 * 1024
+
+    @property
+    def max_request_body_bytes(self) -> int:
+        return self.max_request_body_kb * 1024
 
     @property
     def uses_null_pool(self) -> bool:

@@ -10,7 +10,6 @@ from contextlib import asynccontextmanager
 import anyio
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
-from prometheus_fastapi_instrumentator import Instrumentator
 from starlette.concurrency import run_in_threadpool
 
 from shared.db import async_session_factory, create_webui_engine, pool_limit
@@ -21,6 +20,9 @@ from shared.redis_pool import create_async_redis, create_redis
 from shared.settings import Settings, get_settings
 from webui.errors import install_error_handlers
 from webui.events import EventHub
+from webui.guard import RequestGuard
+from webui.limits import RateLimits
+from webui.metrics import MetricsServer, WebuiMetrics, instrument
 from webui.routes import admin, events, files, health, me, page, search
 from webui.state import AppState
 
@@ -30,6 +32,7 @@ log = logging.getLogger("sluice.webui")
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     registry = CollectorRegistry()  # one per app: tests build several apps in one process
+    webui_metrics = WebuiMetrics(registry)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -46,16 +49,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             settings=settings, engine=engine, session_factory=async_session_factory(engine),
             redis=redis, aredis=aredis, queue=make_queue(redis, settings), embedder=embedder,
             encode_limiter=anyio.CapacityLimiter(1), events=hub,
+            limits=RateLimits(aredis, settings.rate_limit_per_minute,
+                              settings.auth_failures_per_minute),
+            metrics=webui_metrics,
         )
         metrics = process_metrics(
             registry, engine=engine.sync_engine, db_limit=pool_limit(settings, "webui"),
             redis=redis, aredis=aredis, queue=app.state.sluice.queue, settings=settings,
         )
+        server = MetricsServer(settings, registry)
         log.info("webui.ready model=%s backend=%s model_load=%.2fs", embedder.name,
                  embedder.backend, embedder.load_seconds)
         try:
             yield
         finally:
+            server.close()
             metrics.close()
             await hub.stop()
             await aredis.aclose()
@@ -66,6 +74,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(
         title="Sluice", version="0.1.0", lifespan=lifespan,
+        # No 307 to the slash-toggled path: an API client sends the documented path,
+        # and the redirect let raw request paths into metric labels.
+        redirect_slashes=False,
         description="Upload documents; they are parsed, chunked and embedded for search.",
     )
     install_error_handlers(app)
@@ -77,7 +88,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(admin.router, prefix=api)
     app.include_router(page.router)
     app.include_router(health.router)
-    Instrumentator(registry=registry).instrument(app).expose(
-        app, endpoint="/metrics", include_in_schema=False
-    )
+    app.add_middleware(RequestGuard)
+    instrument(app, registry)  # outermost: it also counts what the guard refuses
     return app

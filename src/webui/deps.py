@@ -2,24 +2,17 @@
 
 from __future__ import annotations
 
-import ipaddress
-import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
 from fastapi import Depends, Request
-from sqlalchemy import select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import ORMExecuteState
 
-from shared.models import ApiKey, User
-from shared.security import key_matches, split_prefix
+from shared.models import User
 from webui.errors import ApiError
-from webui.limits import check_rate
 from webui.state import AppState
-
-_LAST_USED_RESOLUTION = timedelta(minutes=1)
 
 
 def get_state(request: Request) -> AppState:
@@ -30,101 +23,64 @@ def get_state(request: Request) -> AppState:
 StateDep = Annotated[AppState, Depends(get_state)]
 
 
-async def get_session(state: StateDep) -> AsyncIterator[AsyncSession]:
-    """One session per request; committed here on success, rolled back on error.
+def _track_writes(session: AsyncSession) -> None:
+    """Mark the session when it flushes or executes a write, clear it on commit/rollback."""
+    sync = session.sync_session
 
-    Routes that must act after a commit (enqueue after the file row is durable)
-    call `session.commit()` themselves; the commit here is then a no-op.
+    def wrote(*_: object) -> None:
+        sync.info["uncommitted_writes"] = True
+
+    def settled(*_: object) -> None:
+        sync.info.pop("uncommitted_writes", None)
+
+    def dml(state: ORMExecuteState) -> None:
+        if state.is_insert or state.is_update or state.is_delete:
+            wrote()
+
+    event.listen(sync, "after_flush", wrote)
+    event.listen(sync, "do_orm_execute", dml)
+    event.listen(sync, "after_commit", settled)
+    event.listen(sync, "after_rollback", settled)
+
+
+async def get_session(state: StateDep) -> AsyncIterator[AsyncSession]:
+    """One session per request. It never commits: the use case commits at its end,
+    before it returns, so a write is durable before its 2xx leaves and a failed
+    commit is an error response, never a 2xx.
+
+    Function-scoped (see `SessionDep`): closed when the route returns, before the
+    response is sent, so a download or stream holds no pooled connection. A write
+    left uncommitted is a bug; it is rolled back and answered 500 rather than
+    silently lost after a 2xx.
     """
     async with state.session_factory() as session:
+        _track_writes(session)
         try:
             yield session
-            await session.commit()
         except BaseException:
             await session.rollback()
             raise
+        if session.new or session.dirty or session.deleted or session.sync_session.info.get(
+            "uncommitted_writes"
+        ):
+            await session.rollback()
+            raise UncommittedWrite("a route wrote to the database without committing")
 
 
-SessionDep = Annotated[AsyncSession, Depends(get_session)]
+class UncommittedWrite(RuntimeError):
+    """A programming error: every write use case ends with `await session.commit()`."""
 
 
-def _unauthorized(detail: str) -> ApiError:
-    return ApiError(401, "unauthorized", detail, {"WWW-Authenticate": "Bearer"})
+SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
 
 
-async def _user_from_key(state: AppState, token: str) -> User:
-    prefix = split_prefix(token)
-    if prefix is None:
-        raise _unauthorized("the API key is malformed")
-    now = datetime.now(UTC)
-    async with state.session_factory() as session:
-        row = (
-            await session.execute(
-                select(ApiKey, User).join(User, User.id == ApiKey.user_id)
-                .where(ApiKey.prefix == prefix)
-            )
-        ).first()
-        if row is None or not key_matches(token, row.ApiKey.key_hash):
-            raise _unauthorized("the API key is not valid")
-        key: ApiKey = row.ApiKey
-        user: User = row.User
-        if key.revoked_at is not None or (key.expires_at is not None and key.expires_at <= now):
-            raise _unauthorized("the API key has been revoked or has expired")
-        if key.last_used_at is None or now - key.last_used_at > _LAST_USED_RESOLUTION:
-            await session.execute(update(ApiKey).where(ApiKey.id == key.id).values(last_used_at=now))
-            await session.commit()
-    return user
-
-
-def _forwarded_email(request: Request, state: AppState) -> str | None:
-    """The oauth-proxy's user header, only if enabled and sent by the proxy itself."""
-    settings = state.settings
-    if not settings.trust_forwarded_user:
-        return None  # a forged header is simply ignored
-    value = request.headers.get(settings.forwarded_user_header, "").strip().lower()
-    peer = request.client.host if request.client else ""
-    try:
-        address = ipaddress.ip_address(peer)
-    except ValueError:
-        return None
-    if not value or not any(address in net for net in settings.trusted_proxy_networks):
-        return None
-    return value
-
-
-async def _user_from_proxy(state: AppState, email: str) -> User:
-    """The user the proxy vouches for, created on first sight."""
-    async with state.session_factory() as session:
-        await session.execute(
-            pg_insert(User).values(id=uuid.uuid4(), email=email, name=email.split("@")[0])
-            .on_conflict_do_nothing(index_elements=[User.email])
-        )
-        user: User | None = await session.scalar(select(User).where(User.email == email))
-        await session.commit()
-    if user is None:  # pragma: no cover - the insert above guarantees a row
-        raise _unauthorized("could not resolve the forwarded user")
-    return user
-
-
-async def get_current_user(request: Request, state: StateDep) -> User:
-    """The caller: `Authorization: Bearer <key>`, or the trusted proxy's user header.
-
-    Uses its own short session, closed before the route runs: an upload that
-    streams for minutes, or an event stream that stays open for hours, must not
-    hold a pooled database connection while it does. The per-user rate limit is
-    checked here, before any other work.
-    """
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() == "bearer" and token.strip():
-        user = await _user_from_key(state, token.strip())
-    elif (email := _forwarded_email(request, state)) is not None:
-        user = await _user_from_proxy(state, email)
-    else:
-        raise _unauthorized("send an API key as 'Authorization: Bearer <key>'")
-    if not user.is_active:
-        raise _unauthorized("this account is disabled")
-    await check_rate(state.aredis, user.id, state.settings.rate_limit_per_minute)
+async def get_current_user(request: Request) -> User:
+    """The caller, authenticated by `webui.guard.RequestGuard` from the headers
+    before any body was read (FastAPI reads a body before resolving dependencies)."""
+    user: User | None = request.scope.get("state", {}).get("user")
+    if user is None:  # a route outside /api/ asked for a user: a wiring mistake
+        raise ApiError(401, "unauthorized", "send an API key as 'Authorization: Bearer <key>'",
+                       {"WWW-Authenticate": "Bearer"})
     return user
 
 

@@ -44,6 +44,15 @@ class FileList(BaseModel):
     offset: int
 
 
+class StatusQuery(BaseModel):
+    ids: list[uuid.UUID] = Field(min_length=1, max_length=1000)
+
+
+class FileStatuses(BaseModel):
+    items: list[FileRead]
+    missing: list[uuid.UUID] = Field(description="ids that are not (or no longer) your files")
+
+
 class SearchRequest(BaseModel):
     query: str = Field(min_length=1, max_length=2000)
     top_k: int = Field(default=10, ge=1)

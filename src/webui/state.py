@@ -14,6 +14,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from shared.embedding import Embedder
 from shared.settings import Settings
 from webui.events import EventHub
+from webui.limits import RateLimits
+from webui.metrics import WebuiMetrics
 
 
 @dataclass
@@ -29,3 +31,5 @@ class AppState:
     # belongs to request handling, not to a pile of parallel encodes.
     encode_limiter: anyio.CapacityLimiter
     events: EventHub  # the one event-stream reader of this process
+    limits: RateLimits  # moving windows in Redis, on `aredis`
+    metrics: WebuiMetrics

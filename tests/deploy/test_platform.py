@@ -165,7 +165,10 @@ def test_network_policy_allows_only_what_is_needed(rendered: dict[str, list[Doc]
     dns_db_redis = {("TCP", 5432), ("TCP", 6379), ("UDP", 53), ("TCP", 53), ("UDP", 5353), ("TCP", 5353)}
     # The webui's oauth-proxy also reaches the Kubernetes API and the OAuth server.
     expected = {
-        "webui": ({("TCP", "http"), ("TCP", "https")}, dns_db_redis | {("TCP", 6443), ("TCP", 443)}),
+        "webui": (
+            {("TCP", "http"), ("TCP", "https"), ("TCP", "metrics")},
+            dns_db_redis | {("TCP", 6443), ("TCP", 443)},
+        ),
         "worker": ({("TCP", "metrics")}, dns_db_redis),
     }
     for component, (ingress_ports, egress_ports) in expected.items():

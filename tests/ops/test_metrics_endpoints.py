@@ -54,7 +54,7 @@ def names(samples: Samples) -> set[str]:
 
 
 def test_each_metric_is_exposed(stack: Stack, settings: Settings) -> None:
-    web, wk = scrape(f"{stack.url}/metrics"), scrape(stack.worker_metrics_url)
+    web, wk = scrape(stack.webui_metrics_url), scrape(stack.worker_metrics_url)
     assert set(SHARED + WEBUI_ONLY) <= names(web), set(SHARED + WEBUI_ONLY) - names(web)
     assert set(SHARED + WORKER_ONLY) <= names(wk), set(SHARED + WORKER_ONLY) - names(wk)
     assert value(web, "sluice_db_pool_size") == settings.database_pool_size
@@ -85,7 +85,7 @@ def test_queue_depth_rises_and_drains_and_pools_return_to_idle(
             assert r.status_code == 202
             ids.append(r.json()["id"])
         during = wait_until(
-            lambda: (s := scrape(f"{stack.url}/metrics"))
+            lambda: (s := scrape(stack.webui_metrics_url))
             and value(s, "sluice_queue_depth", queue="ingest") >= 3 and s, 15, "queue depth >= 3")
         assert value(during, "sluice_queue_oldest_job_age_seconds", queue="ingest") >= 0
         assert value(during, "http_requests_total", handler="/api/v1/files", method="POST",
@@ -96,7 +96,7 @@ def test_queue_depth_rises_and_drains_and_pools_return_to_idle(
         assert wait_for_status(client, fid)["status"] == "done"
 
     after_web = wait_until(
-        lambda: (s := scrape(f"{stack.url}/metrics"))
+        lambda: (s := scrape(stack.webui_metrics_url))
         and value(s, "sluice_queue_depth", queue="ingest") == 0 and s, 30, "queue drained")
     assert value(after_web, "sluice_queue_oldest_job_age_seconds", queue="ingest") == 0
     assert value(after_web, "sluice_db_pool_checked_out") == 0

@@ -130,6 +130,7 @@ class CanaryStack:
     worker: Proc
     password: str
     metrics_url: str
+    webui_metrics_url: str
 
 
 @pytest.fixture(scope="module")
@@ -143,11 +144,12 @@ def canary_stack(
     password = f"canarypw{uuid.uuid4().hex}"
     url = make_url(env["DATABASE_URL"]).set(password=password)
     logs: Path = tmp_path_factory.mktemp("canary-logs")
-    metrics_port = free_port()
+    metrics_port, webui_metrics_port = free_port(), free_port()
     canary_env = {
         **env, "DATABASE_URL": url.render_as_string(hide_password=False),
         "QUEUE_NAME": f"canary{uuid.uuid4().hex[:8]}", "LOG_LEVEL": "DEBUG",
         "WORKER_METRICS_PORT": str(metrics_port), "WORKER_METRICS_HOST": "127.0.0.1",
+        "WEBUI_METRICS_PORT": str(webui_metrics_port), "WEBUI_METRICS_HOST": "127.0.0.1",
     }
     port = free_port()
     webui = start_webui(canary_env, logs / "webui.log", port, wait=False)
@@ -156,7 +158,8 @@ def canary_stack(
     try:
         wait_webui_ready(webui, f"http://127.0.0.1:{port}")
         yield CanaryStack(f"http://127.0.0.1:{port}", webui, worker, password,
-                          f"http://127.0.0.1:{metrics_port}/metrics")
+                          f"http://127.0.0.1:{metrics_port}/metrics",
+                          f"http://127.0.0.1:{webui_metrics_port}/metrics")
     finally:
         worker.stop()
         webui.stop()
@@ -189,7 +192,7 @@ def test_database_password_and_api_key_never_leak(
         "worker log": canary_stack.worker.log(),
         "upload refusal": refused.text,
         "file errors": " ".join(b["error"] or "" for b in bodies),
-        "webui /metrics": httpx.get(f"{canary_stack.url}/metrics", timeout=30).text,
+        "webui /metrics": httpx.get(canary_stack.webui_metrics_url, timeout=30).text,
         "worker /metrics": httpx.get(canary_stack.metrics_url, timeout=30).text,
     }
     assert "DEBUG" in texts["worker log"], "the worker did not log at DEBUG"

@@ -23,6 +23,8 @@ from tests.support.helpers import wait_until
 
 # Short intervals so retries, heartbeats and the reconciler act within a test's time.
 TEST_ENV = {
+    "EVENT_STREAMS_PER_USER": "50",  # test_events opens 50 per user; the cap test opens one more
+    "WEBUI_METRICS_PORT": "0",  # several webuis per machine; `stack` gives its webui a free port
     "JOB_TIMEOUT": "60",
     "JOB_MAX_RETRIES": "2",
     "JOB_RETRY_DELAY": "1",
@@ -114,6 +116,7 @@ class Stack:
     webui: Proc
     worker: Proc
     worker_metrics_url: str = ""
+    webui_metrics_url: str = ""
 
 
 @dataclass

@@ -200,12 +200,14 @@ def test_ten_thousand_parts_are_refused(client: httpx.Client) -> None:
     assert r.status_code == 400 and r.json()["code"] == "too_many_parts"
 
 
-@pytest.mark.parametrize("name", ["../../etc/passwd", "a\x00b.txt", "evil\u202etxt.exe.md", "e\u0301.txt"])
+@pytest.mark.parametrize("name", ["../../etc/passwd", "a\x00b.txt", "evil\u202etxt.exe.md",
+                                  "e\u0301.txt", "line\u2028break\u2029.txt"])
 def test_hostile_names_are_cleaned(client: httpx.Client, name: str) -> None:
     r = upload(client, name, f"name test {uuid.uuid4()}".encode())
     assert r.status_code == 202, r.text
     stored = r.json()["filename"]
     assert "/" not in stored and "\x00" not in stored and "\u202e" not in stored
+    assert "\u2028" not in stored and "\u2029" not in stored
     assert stored == stored.strip() and len(stored) <= 255
     if name == "e\u0301.txt":
         assert stored == "\u00e9.txt"  # NFC

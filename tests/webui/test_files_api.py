@@ -67,6 +67,10 @@ def test_missing_or_bad_key_is_401(stack: Stack) -> None:
 def test_bad_requests_get_readable_4xx(client: httpx.Client) -> None:
     r = client.post("/api/v1/files", content=b"not multipart", headers={"content-type": "text/plain"})
     assert r.status_code == 415
+    r = client.post("/api/v1/files", content=b"--b\r\nContent-Disposition: form-data\r\n\r\nx",
+                    headers={"content-type": "multipart/form-data; boundary=zz"})
+    assert r.status_code == 400 and r.json()["code"] == "malformed_upload"
+    assert r.json()["detail"].startswith("the upload is not valid multipart")  # a sentence
     r = client.post("/api/v1/files", files={"other": ("x.txt", b"abc")})
     assert r.status_code == 400 and "file" in r.json()["detail"]
     r = upload(client, "empty.txt", b"")
@@ -175,4 +179,6 @@ def test_health_endpoints(stack: Stack) -> None:
     ready = httpx.get(f"{stack.url}/readyz").json()
     assert ready["checks"] == {"database": "ok", "redis": "ok"}
     assert httpx.get(f"{stack.url}/openapi.json").status_code == 200
-    assert "http_requests_total" in httpx.get(f"{stack.url}/metrics").text
+    assert "http_requests_total" in httpx.get(stack.webui_metrics_url).text
+    # Not on the API port (the one the Route exposes).
+    assert httpx.get(f"{stack.url}/metrics").status_code == 404

@@ -109,7 +109,8 @@ def run_up(args: argparse.Namespace) -> int:
         sup = Supervisor()
         stack.callback(sup.stop, _STOP_GRACE_S)
         url = f"http://127.0.0.1:{args.port}"
-        sup.start("webui", ["webui", "--host", "127.0.0.1", "--port", str(args.port)], env)
+        webui_env = {**env, "WEBUI_METRICS_HOST": env.get("WEBUI_METRICS_HOST", "127.0.0.1")}
+        sup.start("webui", ["webui", "--host", "127.0.0.1", "--port", str(args.port)], webui_env)
         metrics_port = int(env.get("WORKER_METRICS_PORT", "9100"))
         for i in range(args.workers):
             # Each worker serves /metrics on its own port (9100, 9101, …) on loopback; 0 = off.

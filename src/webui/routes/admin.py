@@ -18,6 +18,8 @@ from webui.errors import ApiError, not_found
 from webui.schemas import FileList, FileRead, Status
 
 router = APIRouter(prefix="/admin", tags=["admin"])
+# Each write below ends with its commit, before it returns: the answer is sent only
+# once the change is durable (see `webui.deps.get_session`).
 
 
 class UserRead(BaseModel):
@@ -84,6 +86,7 @@ async def create_user(body: UserCreate, session: SessionDep, _: AdminUser) -> Us
     except IntegrityError:
         raise ApiError(409, "exists", f"a user with email {body.email} already exists") from None
     await session.refresh(user)
+    await session.commit()
     return user
 
 
@@ -97,6 +100,8 @@ async def update_user(
     for field, value in body.model_dump(exclude_none=True).items():
         setattr(user, field, value)
     await session.flush()
+    await session.refresh(user)
+    await session.commit()  # a disabled account is refused from the moment this 200 leaves
     return user
 
 
@@ -119,6 +124,7 @@ async def create_key(
     session.add(row)
     await session.flush()
     await session.refresh(row)
+    await session.commit()  # the key works from the moment its 201 leaves
     return KeyCreated(**KeyRead.model_validate(row).model_dump(), key=key)
 
 
@@ -129,7 +135,7 @@ async def revoke_key(key_id: uuid.UUID, session: SessionDep, _: AdminUser) -> Ap
         raise not_found("key")
     if row.revoked_at is None:
         row.revoked_at = datetime.now(UTC)
-        await session.flush()
+        await session.commit()  # refused from the moment this 200 leaves
     return row
 
 

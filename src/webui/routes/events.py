@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
 
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
@@ -11,6 +12,7 @@ from fastapi.responses import StreamingResponse
 from shared.events import parse_stream_id
 from webui.deps import CurrentUser, StateDep
 from webui.events import RESYNC
+from webui.limits import event_stream_slot
 
 router = APIRouter(tags=["events"])
 HEARTBEAT_S = 15.0
@@ -27,13 +29,22 @@ async def events(request: Request, user: CurrentUser, state: StateDep) -> Stream
     "refetch your files' status" (after a gap the server cannot fill)."""
     hub = state.events
     user_id = str(user.id)
+    # Held for the stream's life (released in `stream`'s finally): one user's
+    # forgotten tabs or a reconnect loop cannot take every slot of the process.
+    slot = AsyncExitStack()
+    await slot.enter_async_context(
+        event_stream_slot(state.aredis, user.id, state.settings.event_streams_per_user)
+    )
     # Subscribed before the replay is read, so nothing falls between the two; what both
     # deliver is sent once (ids are the stream's, ordered the same on every replica).
     sub = hub.subscribe(user_id)
+    state.metrics.event_streams.inc()
     try:
         missed = await hub.replay(user_id, request.headers.get("last-event-id"))
     except BaseException:
         hub.unsubscribe(sub)
+        state.metrics.event_streams.dec()
+        await slot.aclose()
         raise
     # After a resync the client starts over: every live event is news to it.
     seen = None if missed is None else parse_stream_id(
@@ -61,6 +72,8 @@ async def events(request: Request, user: CurrentUser, state: StateDep) -> Stream
                 yield _frame(*item)
         finally:
             hub.unsubscribe(sub)
+            state.metrics.event_streams.dec()
+            await slot.aclose()
 
     return StreamingResponse(
         stream(), media_type="text/event-stream",

@@ -9,22 +9,15 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import FileResponse, JSONResponse
-from redis.exceptions import RedisError
 from sqlalchemy import delete, func, select
-from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
 
-from shared.detect import detect_type
-from shared.document_errors import DocumentRejected
 from shared.models import File, FileStatus
-from shared.queue import enqueue_ingest
-from shared.storage import new_storage_key, remove_stored, stored_path
+from shared.storage import remove_stored, stored_path
 from webui.deps import CurrentUser, SessionDep, StateDep
 from webui.errors import ApiError, not_found
-from webui.limits import upload_slot
-from webui.schemas import FileList, FileRead, Status
-from webui.state import AppState
-from webui.uploads import discard, move_into_place, receive_upload
+from webui.schemas import FileList, FileRead, FileStatuses, Status, StatusQuery
+from webui.upload import enqueue, upload_file
 
 log = logging.getLogger("sluice.webui")
 router = APIRouter(prefix="/files", tags=["files"])
@@ -44,95 +37,31 @@ async def _own_file(session: SessionDep, user_id: uuid.UUID, file_id: uuid.UUID)
     return file
 
 
-async def _enqueue(state: AppState, file_id: uuid.UUID) -> None:
-    """Enqueue after commit. If Redis is down the file stays `queued` in Postgres
-    and the reconciler enqueues it when Redis is back: the upload is not lost."""
-    try:
-        await run_in_threadpool(enqueue_ingest, state.queue, state.settings, file_id)
-    except RedisError as err:
-        log.warning("file.enqueue_deferred file_id=%s error=%s", file_id, err)
-
-
 @router.post(
     "", status_code=202, response_model=FileRead,
     responses={200: {"description": "the same bytes were already uploaded by you"},
                413: {"description": "file too large"}},
 )
-async def upload_file(
+async def upload(
     request: Request, session: SessionDep, user: CurrentUser, state: StateDep
 ) -> Response | File:
     """Upload one file (multipart field `file`). 202: queued for processing."""
-    settings = state.settings
-    owner_id = user.id
-    quota = settings.user_quota_mb * 1024 * 1024
-    if await _stored_bytes(session, owner_id) >= quota:
-        raise _over_quota(settings.user_quota_mb)
-    await session.commit()  # no pooled connection held while the body streams in
-    async with upload_slot(state.aredis, owner_id, settings.uploads_in_flight_per_user):
-        received = await receive_upload(
-            request, settings.upload_dir, settings.max_upload_bytes, settings.upload_max_parts
-        )
-    try:
-        kind = await run_in_threadpool(detect_type, received.temp_path, received.filename)
-    except DocumentRejected as err:
-        await discard(received.temp_path)
-        raise ApiError(415, "unsupported_type", str(err)) from None
-    existing = await session.scalar(
-        select(File).where(File.owner_id == owner_id, File.sha256 == received.sha256)
-    )
-    if existing is not None:
-        await discard(received.temp_path)
-        return _existing(existing)
-    if await _stored_bytes(session, owner_id) + received.size > quota:
-        await discard(received.temp_path)
-        raise _over_quota(settings.user_quota_mb)
-    storage_key = new_storage_key()
-    final_path = stored_path(settings.upload_dir, storage_key)
-    await move_into_place(received.temp_path, final_path)
-    file = File(
-        owner_id=owner_id, filename=received.filename, declared_type=received.declared_type,
-        size_bytes=received.size, sha256=received.sha256, storage_key=storage_key,
-        status=FileStatus.queued.value, kind=kind,
-    )
-    session.add(file)
-    try:
-        # Commit first, enqueue second: a worker never sees an uncommitted file.
-        await session.commit()
-    except IntegrityError:
-        # The same bytes arrived twice at once (double click): keep the first.
-        await session.rollback()
-        await discard(final_path)
-        existing = await session.scalar(
-            select(File).where(File.owner_id == owner_id, File.sha256 == received.sha256)
-        )
-        if existing is None:
-            raise
-        return _existing(existing)
-    except BaseException:
-        await discard(final_path)
-        raise
-    await _enqueue(state, file.id)
-    log.info("file.uploaded file_id=%s size=%d", file.id, file.size_bytes)
-    return file
+    result = await upload_file(request, session, user.id, state)
+    if not result.created:
+        return JSONResponse(FileRead.model_validate(result.file).model_dump(mode="json"))
+    return result.file
 
 
-async def _stored_bytes(session: SessionDep, owner_id: uuid.UUID) -> int:
-    total = await session.scalar(
-        select(func.coalesce(func.sum(File.size_bytes), 0)).where(File.owner_id == owner_id)
-    )
-    return int(total or 0)
-
-
-def _over_quota(quota_mb: int) -> ApiError:
-    # 413, not 429: waiting does not help, deleting files does.
-    return ApiError(
-        413, "quota_exceeded",
-        f"this upload would take you past your {quota_mb} MB storage quota; delete some files first",
-    )
-
-
-def _existing(file: File) -> JSONResponse:
-    return JSONResponse(FileRead.model_validate(file).model_dump(mode="json"), status_code=200)
+@router.post("/status", response_model=FileStatuses)
+async def statuses(body: StatusQuery, session: SessionDep, user: CurrentUser) -> FileStatuses:
+    """The state of many of your files in one request: follow a batch of uploads
+    without one poll per file (ids that are not yours, or gone, are `missing`)."""
+    rows = list(await session.scalars(
+        select(File).where(File.owner_id == user.id, File.id.in_(body.ids))
+    ))
+    found = {f.id for f in rows}
+    return FileStatuses(items=[FileRead.model_validate(f) for f in rows],
+                        missing=[i for i in dict.fromkeys(body.ids) if i not in found])
 
 
 @router.get("", response_model=FileList)
@@ -166,9 +95,6 @@ async def get_content(
     """The original bytes, as an attachment (RFC 6266 `filename*` for any name)."""
     file = await _own_file(session, user.id, file_id)
     path = stored_path(state.settings.upload_dir, file.storage_key)
-    # The session closes only after the response is sent: end its transaction now, so
-    # a slow download does not hold a pooled connection.
-    await session.commit()
     return FileResponse(
         path, media_type=_MEDIA_TYPES.get(file.kind or "", "application/octet-stream"),
         filename=file.filename, content_disposition_type="attachment",
@@ -203,5 +129,5 @@ async def retry_file(
     file.queued_at, file.finished_at = datetime.now(UTC), None
     await session.commit()
     await session.refresh(file)  # updated_at is set by the server
-    await _enqueue(state, file.id)
+    await enqueue(state, file.id)
     return file

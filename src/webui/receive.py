@@ -4,15 +4,16 @@ Starlette's form parser spools files with no size limit, so we drive
 python-multipart's streaming parser ourselves: bytes go to a temporary file in
 UPLOAD_DIR/.incoming while being counted and hashed; past MAX_UPLOAD_MB the
 request stops with 413 and the partial file is removed. Nothing is buffered
-whole in memory.
+whole in memory. What to do with a received file is `webui.upload`'s business.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
+import logging
 import unicodedata
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -20,10 +21,12 @@ from typing import IO
 import anyio
 from fastapi import Request
 from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.requests import ClientDisconnect
 
 from shared.storage import incoming_dir
 from webui.errors import ApiError
 
+log = logging.getLogger("sluice.webui")
 MAX_FIELD_BYTES = 64 * 1024
 _FLUSH_BYTES = 1024 * 1024
 # Bidi overrides/isolates and other invisible formatting characters can make a
@@ -32,11 +35,12 @@ _BIDI = {chr(c) for c in (*range(0x202A, 0x202F), *range(0x2066, 0x206A), 0x200E
 
 
 def clean_filename(raw: str) -> str:
-    """Display name: basename only, NFC, no control or bidi characters, ≤ 255 chars."""
+    """Display name: basename only, NFC, no control, bidi or line/paragraph separator
+    characters (U+2028/U+2029 break lines in logs and JavaScript), ≤ 255 chars."""
     name = raw.replace("\\", "/").rsplit("/", 1)[-1]
     name = unicodedata.normalize("NFC", name)
     name = "".join(
-        ch for ch in name if ch not in _BIDI and unicodedata.category(ch) not in ("Cc", "Cf")
+        ch for ch in name if ch not in _BIDI and unicodedata.category(ch) not in ("Cc", "Cf", "Zl", "Zp")
     ).strip(" .")
     return name[:255] or "unnamed"
 
@@ -145,13 +149,16 @@ async def receive_upload(
             await anyio.to_thread.run_sync(out.write, data)
 
     try:
-        async for chunk in request.stream():
+        async for chunk in _stream(request):
             try:
                 parser.write(chunk)
             except ApiError:
                 raise
             except Exception as err:  # python-multipart's parse errors
-                raise ApiError(400, "malformed_upload", f"the multipart body is malformed: {err}") from None
+                log.info("upload.malformed error=%s", err)  # detail for us, a sentence for them
+                raise ApiError(400, "malformed_upload",
+                               "the upload is not valid multipart/form-data; send the file "
+                               "in a form field named 'file'") from None
             if len(state.pending) >= _FLUSH_BYTES:
                 await flush()
         await flush()
@@ -169,17 +176,20 @@ async def receive_upload(
         raise
 
 
+async def _stream(request: Request) -> AsyncIterator[bytes]:
+    """The body; a client that goes away mid-upload is the client's doing: 499
+    (nginx's "client closed request"), counted as a 4xx, never a 5xx."""
+    try:
+        async for chunk in request.stream():
+            yield chunk
+    except ClientDisconnect:
+        raise ApiError(499, "client_closed_request",
+                       "the upload was interrupted before it was complete; send it again") from None
+
+
 def _too_large(max_bytes: int) -> str:
     return f"the file is larger than the {max_bytes // (1024 * 1024)} MB upload limit"
 
 
 async def discard(path: Path) -> None:
     await anyio.to_thread.run_sync(lambda: path.unlink(missing_ok=True))
-
-
-async def move_into_place(temp: Path, final: Path) -> None:
-    def _move() -> None:
-        final.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(temp, final)
-
-    await anyio.to_thread.run_sync(_move)
