@@ -23,6 +23,7 @@ import psycopg
 import redis
 
 from shared.local.embedded import EmbeddedPostgres, EmbeddedRedis
+from shared.local.lifeline import die_with_parent, tether
 from shared.settings import Settings, load_settings
 
 log = logging.getLogger("loadtest.stack")
@@ -41,8 +42,11 @@ class Child:
     def __init__(self, name: str, cmd: list[str], env: dict[str, str], log_path: Path):
         self.name, self.log_path = name, log_path
         self._log = open(log_path, "ab")  # closed in stop()
+        # Dies with the benchmark even when that is SIGKILLed (see shared.local.lifeline).
         self.popen = subprocess.Popen(cmd, env=env, stdout=self._log, stderr=subprocess.STDOUT,
-                                      stdin=subprocess.DEVNULL, start_new_session=True)
+                                      stdin=subprocess.DEVNULL, start_new_session=True,
+                                      preexec_fn=die_with_parent(signal.SIGTERM))
+        tether(self.popen)
         self.pid = self.popen.pid
         self._terminated = False
 

@@ -1,4 +1,5 @@
-"""`sluice up`: starts everything on embedded servers, serves, stops clean, keeps data."""
+"""`sluice up`: starts everything on embedded servers, serves, stops clean, keeps data,
+restarts a crashed child, and leaves nothing behind when it is killed itself."""
 
 from __future__ import annotations
 
@@ -19,13 +20,13 @@ import pytest
 from tests.support.helpers import free_port, pid_alive, upload, wait_for_status, wait_until
 
 
-def _start(data: Path, port: int, log_path: Path) -> subprocess.Popen[bytes]:
+def _start(data: Path, port: int, log_path: Path, workers: int = 1) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items()
            if k not in ("DATABASE_URL", "REDIS_URL", "UPLOAD_DIR")}
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "shared.cli", "up", "--data-dir", str(data),
-             "--port", str(port), "--workers", "1"],
+             "--port", str(port), "--workers", str(workers)],
             env={**env, "EMBED_THREADS": "1"}, stdout=log, stderr=subprocess.STDOUT,
         )
 
@@ -84,3 +85,58 @@ def test_sluice_up_serves_stops_clean_and_keeps_data(tmp_path: Path, data_dir: P
             assert c.post("/api/v1/search", json={"query": "marsh harrier"}).json()["hits"]
     finally:
         assert _stop(proc) == []
+
+
+def _children(proc: subprocess.Popen[bytes], role: str) -> list[int]:
+    """PIDs of `sluice up`'s direct children running `sluice <role>`."""
+    pids = []
+    for child in psutil.Process(proc.pid).children():
+        try:
+            if role in child.cmdline()[3:4]:  # python -m shared.cli <role> ...
+                pids.append(child.pid)
+        except psutil.Error:  # a zombie not reaped yet, or gone
+            pass
+    return pids
+
+
+def test_crashed_worker_is_restarted_and_nothing_outlives_a_killed_up(
+    tmp_path: Path, data_dir: Path
+) -> None:
+    data, log = data_dir / "data", tmp_path / "up.log"
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = _start(data, port, log, workers=2)
+    try:
+        wait_until(lambda: "Sluice is running" in log.read_text(), 30, "sluice up supervising")
+        webui = _children(proc, "webui")
+        workers = _children(proc, "worker")
+        assert len(webui) == 1
+        assert len(workers) == 2
+        victim = workers[0]
+        victim_family = [p.pid for p in psutil.Process(victim).children(recursive=True)]
+        os.kill(victim, signal.SIGKILL)
+
+        def restarted() -> bool:
+            now = _children(proc, "worker")
+            return len(now) == 2 and victim not in now
+
+        wait_until(restarted, 30, "the killed worker restarted")
+        assert proc.poll() is None, "sluice up stopped when one worker died"
+        assert "up.child_restarted name=worker-1" in log.read_text()
+        assert "killed by SIGKILL" in log.read_text()
+        assert _children(proc, "webui") == webui, "the webui went away with the worker"
+        assert httpx.get(f"{url}/readyz", timeout=5).status_code == 200
+        assert [pid for pid in victim_family if pid_alive(pid)] == [], "the dead worker's helpers"
+
+        # Now `sluice up` itself dies without any chance to clean up.
+        family = [p.pid for p in psutil.Process(proc.pid).children(recursive=True)]
+        pg_pid = int((data / "postgres" / "pgdata" / "postmaster.pid").read_text().split()[0])
+        redis_pid = int((data / "redis" / "redis.pid").read_text().split()[0])
+        assert {pg_pid, redis_pid, *webui} <= set(family)
+        proc.kill()
+        proc.wait(10)
+        wait_until(lambda: not [pid for pid in family if pid_alive(pid)], 30,
+                   "every process `sluice up` started to stop")
+    finally:
+        if proc.poll() is None:
+            _stop(proc)

@@ -23,6 +23,7 @@ from pathlib import Path
 import puremagic
 from charset_normalizer import from_bytes
 
+from shared.charsets import decode_legacy
 from shared.document_errors import DocumentRejected
 
 KINDS = ("pdf", "docx", "html", "json", "csv", "markdown", "text")
@@ -301,22 +302,8 @@ def _mostly_utf8(data: bytes) -> bool:
 
 
 def _decode_legacy(data: bytes) -> str:
-    """charset-normalizer's guess, preferring cp1252 when it is as good.
-
-    On short Western European text charset-normalizer often ties cp1252 with
-    Central European code pages and picks the latter ("crème" -> "crčme");
-    Western files are the common legacy case, so ties go to cp1252.
-    """
-    matches = from_bytes(data)
-    best = matches.best()
-    if best is None:
-        return data.decode("utf-8", errors="replace")
-    western = "cp1252" in best.could_be_from_charset or any(
-        m.encoding == "cp1252" and m.percent_chaos <= best.percent_chaos for m in matches
-    )
-    if western:
-        return data.decode("cp1252", errors="replace")
-    return str(best)
+    # Western text read as cp1252 first, then charset-normalizer: see shared.charsets.
+    return decode_legacy(data)
 
 
 def _text_kind(head: bytes, ext: str, *, complete: bool) -> str:

@@ -41,12 +41,12 @@ def create_redis(settings: Settings, component: str) -> Redis:
 
 
 def create_async_redis(settings: Settings, component: str) -> AsyncRedis:
-    """The webui's one async pool (pub/sub subscription + rate limits), bounded too."""
+    """The webui's one async pool (event-stream reader + rate limits), bounded too."""
     pool = AsyncCountedBlockingConnectionPool.from_url(
         settings.redis_url,
         max_connections=settings.redis_async_max_connections,
         timeout=settings.redis_pool_timeout,
-        socket_timeout=None,  # the subscription waits for messages indefinitely
+        socket_timeout=None,  # the event reader blocks in XREAD between events
         socket_connect_timeout=5,
         health_check_interval=30,
         client_name=f"sluice-{component}-async",

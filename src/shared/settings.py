@@ -86,6 +86,10 @@ class Settings(BaseSettings):
     worker_maintenance_interval: int = Field(default=60, ge=1, le=3_600)
     reconcile_interval: float = Field(default=30.0, gt=0, le=3_600)
     reconcile_queued_grace: float = Field(default=30.0, ge=0, le=86_400)
+    # Leftover upload bytes (partial uploads, stored files without a row): how often the
+    # reconciler's sweep runs per process, and how old a file must be to be swept.
+    sweep_interval: float = Field(default=600.0, ge=0, le=86_400)
+    sweep_grace: float = Field(default=3_600.0, ge=0, le=30 * 86_400)
     # The worker's own /metrics (Prometheus scrapes the pod IP); 0 = not served.
     worker_metrics_port: int = Field(default=9100, ge=0, le=65_535)
     worker_metrics_host: str = "0.0.0.0"

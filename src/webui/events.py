@@ -1,11 +1,14 @@
-"""Live file events for browsers: one Redis subscription per webui process.
+"""Live file events for browsers: one Redis stream reader per webui process.
 
-Workers publish every file event on one Redis channel. Each webui process
-holds exactly one subscription to it (never one Redis connection per browser
-tab) and fans events out to its Server-Sent-Events clients, each of which only
-ever receives its own user's events. A short ring buffer lets a client that
-reconnects with `Last-Event-ID` catch up; if the gap is too old (or Redis
-dropped us) the client is told to `resync`, i.e. refetch its files' status.
+Workers append every file event to one bounded Redis stream. Each webui
+process holds exactly one reader on it (one pinned connection in an
+``XREAD BLOCK`` loop, never one Redis connection per browser tab) and fans
+events out to its Server-Sent-Events clients, each of which only ever receives
+its own user's events. The SSE id of an event is its stream entry id, the same
+on every replica, so a client that reconnects with `Last-Event-ID` to any
+replica is answered from the stream (``XRANGE``) with exactly what it missed.
+If the gap is older than the stream keeps (or the id is not one of ours), the
+client is told to `resync`, i.e. refetch its files' status.
 """
 
 from __future__ import annotations
@@ -14,38 +17,60 @@ import asyncio
 import contextlib
 import json
 import logging
-import secrets
-from collections import deque
 from dataclasses import dataclass, field
+from typing import Any, cast
 
 from redis.asyncio import Redis as AsyncRedis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
-from shared.events import EVENTS_CHANNEL
+from shared.events import EVENTS_MAXLEN, EVENTS_STREAM, parse_stream_id
 
 log = logging.getLogger("sluice.events")
-_BUFFER = 2000
 _CLIENT_QUEUE = 256
+_BLOCK_MS = 5_000
+_READ_COUNT = 500
+REPLAY_MAX = EVENTS_MAXLEN  # entries a replay may scan; a longer gap is a resync
 RESYNC = "resync"
+Item = tuple[str, str, str]  # (SSE id, SSE event, data)
 
 
 @dataclass(eq=False)
 class Subscriber:
     user_id: str
-    queue: asyncio.Queue[tuple[str, str, str]] = field(
-        default_factory=lambda: asyncio.Queue(maxsize=_CLIENT_QUEUE)
-    )
+    queue: asyncio.Queue[Item] = field(default_factory=lambda: asyncio.Queue(maxsize=_CLIENT_QUEUE))
+
+
+def _entry(fields: dict[bytes, bytes]) -> tuple[str, str] | None:
+    """(owner id, JSON without the owner) of one stream entry, None if malformed."""
+    try:
+        event = json.loads(fields[b"data"])
+        return str(event.pop("owner_id")), json.dumps(event)
+    except (ValueError, KeyError, TypeError, AttributeError):
+        log.warning("events.bad_message")
+        return None
+
+
+def _entries(raw: Any) -> list[tuple[bytes, dict[bytes, bytes]]]:
+    """XRANGE/XREAD entries as redis-py returns them without decode_responses."""
+    return cast(list[tuple[bytes, dict[bytes, bytes]]], raw or [])
+
+
+def _trimmed_after(info: dict[str, object], after: tuple[int, int]) -> bool:
+    """Whether entries newer than `after` may have been trimmed from the stream."""
+    deleted = parse_stream_id(info.get("max-deleted-entry-id"))  # type: ignore[arg-type]
+    if deleted is not None:  # Redis 7 knows exactly
+        return deleted > after
+    first = info.get("first-entry")  # Redis 6.2: ids are not dense, so be conservative
+    oldest = parse_stream_id(first[0]) if isinstance(first, list | tuple) and first else None
+    return oldest is not None and oldest > after
 
 
 class EventHub:
     def __init__(self, redis: AsyncRedis) -> None:
-        # The subscription pins one connection of the process's async pool for life.
-        self._redis = redis
-        self.epoch = secrets.token_hex(4)
-        self._seq = 0
-        self._buffer: deque[tuple[int, str, str]] = deque(maxlen=_BUFFER)
+        self._redis = redis  # the process's async pool: replays borrow from it briefly
         self._subscribers: set[Subscriber] = set()
         self._task: asyncio.Task[None] | None = None
+        self._last_id = b"0-0"
         self.connected = asyncio.Event()
 
     @property
@@ -69,35 +94,46 @@ class EventHub:
     def unsubscribe(self, sub: Subscriber) -> None:
         self._subscribers.discard(sub)
 
-    def replay(self, user_id: str, last_event_id: str | None) -> list[tuple[str, str, str]] | None:
-        """Events after `last_event_id` for this user, or None if they cannot be known."""
+    async def replay(self, user_id: str, last_event_id: str | None) -> list[Item] | None:
+        """This user's events after `last_event_id`, from the shared stream; None if they
+        cannot be known (unknown id, gap trimmed away, Redis unreachable)."""
         if not last_event_id:
             return []
-        epoch, _, seq_text = last_event_id.partition("-")
-        if epoch != self.epoch or not seq_text.isdigit():
+        after = parse_stream_id(last_event_id)
+        if after is None:
             return None
-        seq = int(seq_text)
-        if self._buffer and seq < self._buffer[0][0] - 1:
-            return None
-        return [(f"{self.epoch}-{s}", "file", data) for s, uid, data in self._buffer
-                if s > seq and uid == user_id]
-
-    def _dispatch(self, raw: bytes) -> None:
         try:
-            event = json.loads(raw)
-            user_id = str(event.pop("owner_id"))
-        except (ValueError, KeyError, TypeError):
-            log.warning("events.bad_message")
+            info = await self._redis.xinfo_stream(EVENTS_STREAM)
+            entries = _entries(await self._redis.xrange(
+                EVENTS_STREAM, min=f"({after[0]}-{after[1]}", max="+", count=REPLAY_MAX))
+        except ResponseError:  # no such stream: nothing was ever published here
+            return None
+        except RedisError as err:
+            log.warning("events.replay_failed error=%s", err)
+            return None
+        newest = parse_stream_id(info.get("last-generated-id"))
+        if newest is None or after > newest:
+            return None  # not an id of this stream (another Redis, or made up)
+        if _trimmed_after(info, after) or len(entries) >= REPLAY_MAX:
+            return None
+        missed: list[Item] = []
+        for entry_id, fields in entries:
+            parsed = _entry(fields)
+            if parsed is not None and parsed[0] == user_id:
+                missed.append((entry_id.decode(), "file", parsed[1]))
+        return missed
+
+    def _dispatch(self, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
+        parsed = _entry(fields)
+        if parsed is None:
             return
-        self._seq += 1
-        data = json.dumps(event)
-        self._buffer.append((self._seq, user_id, data))
-        item = (f"{self.epoch}-{self._seq}", "file", data)
+        user_id, data = parsed
+        item = (entry_id.decode(), "file", data)
         for sub in list(self._subscribers):
             if sub.user_id == user_id:
                 self._offer(sub, item)
 
-    def _offer(self, sub: Subscriber, item: tuple[str, str, str]) -> None:
+    def _offer(self, sub: Subscriber, item: Item) -> None:
         try:
             sub.queue.put_nowait(item)
         except asyncio.QueueFull:
@@ -110,23 +146,47 @@ class EventHub:
         for sub in list(self._subscribers):
             self._offer(sub, ("", RESYNC, "{}"))
 
+    async def _position(self, reader: AsyncRedis, resumed: bool) -> None:
+        """Where to read from: the stream's end at start; after an outage, where we were,
+        unless the stream moved on without us (trimmed past us, or reset)."""
+        try:
+            info = await reader.xinfo_stream(EVENTS_STREAM)
+        except ResponseError:  # no stream yet: read from the beginning of the one to come
+            info = {"last-generated-id": b"0-0", "first-entry": None}
+        tip = info.get("last-generated-id") or b"0-0"
+        if not resumed:
+            self._last_id = tip if isinstance(tip, bytes) else str(tip).encode()
+            return
+        ours, newest = parse_stream_id(self._last_id), parse_stream_id(tip)
+        if ours is None or newest is None or ours > newest or _trimmed_after(info, ours):
+            self._resync_all()  # events may have been missed
+            self._last_id = tip if isinstance(tip, bytes) else str(tip).encode()
+
     async def _run(self) -> None:
         backoff = 0.5
+        resumed = False
         while True:
+            # One connection pinned for this process's reader, as a subscription would be.
+            reader = AsyncRedis(connection_pool=self._redis.connection_pool,
+                                single_connection_client=True)
             try:
-                async with self._redis.pubsub() as pubsub:
-                    await pubsub.subscribe(EVENTS_CHANNEL)
-                    if not self.connected.is_set():
-                        self.connected.set()
-                    else:
-                        self._resync_all()  # we were away: events may have been missed
-                    backoff = 0.5
-                    async for message in pubsub.listen():
-                        if message.get("type") == "message":
-                            self._dispatch(message["data"])
+                await self._position(reader, resumed)
+                self.connected.set()
+                backoff = 0.5
+                while True:
+                    batches: Any = await reader.xread(
+                        {EVENTS_STREAM: self._last_id}, count=_READ_COUNT, block=_BLOCK_MS)
+                    for _stream, entries in batches or []:
+                        for entry_id, fields in _entries(entries):
+                            self._last_id = entry_id
+                            self._dispatch(entry_id, fields)
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError) as err:
-                log.warning("events.subscription_lost error=%s retry_in=%.1fs", err, backoff)
+                log.warning("events.reader_lost error=%s retry_in=%.1fs", err, backoff)
+                resumed = True
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 10)
+            finally:
+                with contextlib.suppress(RedisError, OSError):
+                    await reader.aclose()

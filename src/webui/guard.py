@@ -32,6 +32,7 @@ from webui.errors import ApiError
 from webui.state import AppState
 
 UPLOAD = ("POST", "/api/v1/files")
+SESSION_PROBE = "/api/v1/session"  # the one /api/ path a signed-out caller may ask
 
 
 class RequestGuard:
@@ -47,9 +48,16 @@ class RequestGuard:
         try:
             if scope["path"].startswith("/api/"):
                 peer = scope["client"][0] if scope.get("client") else ""
-                user = await authenticate(state, headers, peer)
-                await state.limits.check_user(user.id)
-                scope.setdefault("state", {})["user"] = user
+                try:
+                    user = await authenticate(state, headers, peer)
+                except ApiError as err:
+                    if scope["path"] != SESSION_PROBE or err.status != 401:
+                        raise
+                    # The page's sign-in probe answers 200 signed out (webui.routes.me).
+                    scope.setdefault("state", {})["auth_refusal"] = err.detail
+                else:
+                    await state.limits.check_user(user.id)
+                    scope.setdefault("state", {})["user"] = user
             if (scope["method"], scope["path"]) != UPLOAD:
                 receive = await _capped(receive, headers, state.settings.max_request_body_bytes)
         except Exception as exc:

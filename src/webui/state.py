@@ -24,13 +24,13 @@ class AppState:
     engine: AsyncEngine
     session_factory: async_sessionmaker[Any]
     redis: Redis  # the one sync pool: RQ enqueues (run in threads) and health checks
-    aredis: AsyncRedis  # the one async pool: event subscription and per-user limits
+    aredis: AsyncRedis  # the one async pool: event-stream reader and per-user limits
     queue: Queue
     embedder: Embedder
     # Queries are encoded in micro-batches with one intra-op thread: the webui's CPU
     # belongs to request handling, not to a pile of parallel encodes.
     query_encoder: QueryEncoder
     text_config: str  # the regconfig chunks.tsv was generated with (webui/search.py)
-    events: EventHub  # the one pub/sub subscription of this process
+    events: EventHub  # the one event-stream reader of this process
     limits: RateLimits  # moving windows in Redis, on `aredis`
     metrics: WebuiMetrics

@@ -28,6 +28,7 @@ from shared.metrics_queue import process_metrics
 from shared.settings import Settings
 from worker.reconciler import ReconcileResult
 from worker.runtime import Runtime
+from worker.sweeper import SweeperCollector
 
 log = logging.getLogger("sluice.worker")
 _RETRIED = {JobStatus.SCHEDULED, JobStatus.QUEUED, JobStatus.DEFERRED}
@@ -83,6 +84,7 @@ class WorkerMetrics:
         self._busy_done = 0.0
         self.running_since: float | None = None
         registry.register(_WorkerCollector(self))
+        registry.register(SweeperCollector())
 
     def busy_seconds(self) -> float:
         with self._lock:

@@ -1,4 +1,4 @@
-"""Report a file's stage: in Postgres at stage boundaries, on Redis pub/sub always."""
+"""Report a file's stage: in Postgres at stage boundaries, on the Redis event stream always."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import uuid
 from redis import Redis
 from redis.exceptions import RedisError
 
-from shared.events import EVENTS_CHANNEL, file_event
+from shared.events import EVENTS_MAXLEN, EVENTS_STREAM, file_event
 
 log = logging.getLogger("sluice.worker")
 
@@ -19,12 +19,8 @@ def publish(
 ) -> None:
     """Best effort: listeners are a convenience, Postgres holds the truth."""
     try:
-        redis.publish(
-            EVENTS_CHANNEL,
-            file_event(
-                file_id=file_id, owner_id=owner_id, status=status, stage=stage,
-                progress=progress, **extra,
-            ),
-        )
+        event = file_event(file_id=file_id, owner_id=owner_id, status=status, stage=stage,
+                           progress=progress, **extra)
+        redis.xadd(EVENTS_STREAM, {"data": event}, maxlen=EVENTS_MAXLEN, approximate=True)
     except RedisError as err:
         log.warning("file.event_not_published file_id=%s error=%s", file_id, err)

@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared.models import File, FileStatus
 from shared.queue import enqueue_ingest, fetch_job, job_is_pending
 from shared.settings import Settings
+from worker.sweeper import sweep_if_due
 
 log = logging.getLogger("sluice.reconciler")
 LOCK_NAME = "sluice:reconciler:lock"
@@ -82,6 +83,7 @@ def reconcile_once(
         for file in candidates:
             if file.status == FileStatus.queued.value:
                 enqueue_ingest(queue, settings, file.id)
+    sweep_if_due(session_factory, settings)  # leftover upload bytes: see worker.sweeper
     if result.requeued or result.failed:
         log.warning(
             "reconciler.fixed requeued=%d failed=%d", result.requeued, result.failed

@@ -138,9 +138,10 @@ class TlsServer:
     ca: Path
     wrong_ca: Path
     front: PgTlsFront
+    password: str  # the embedded server asks for one (SCRAM), TLS or not
 
     def url(self, host: str, query: str) -> str:
-        return f"postgresql://postgres@{host}:{self.port}/sluice?{query}"
+        return f"postgresql://postgres:{self.password}@{host}:{self.port}/sluice?{query}"
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +157,7 @@ def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsServer]:
         pg.start()
         front.upstream_port = pg.port
         threading.Thread(target=front.serve_forever, daemon=True).start()
-        yield TlsServer(front.server_address[1], ca[0], wrong_ca[0], front)
+        yield TlsServer(front.server_address[1], ca[0], wrong_ca[0], front, pg.password)
     finally:
         front.shutdown()
         front.server_close()

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import stat
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,20 +37,38 @@ def _kill_and_wait(pid: int | None) -> None:
         time.sleep(0.01)
 
 
+class _Folders:
+    """Server data outside /tmp/pytest-of-<user>: every pytest session that starts on this
+    machine resets that folder to 0700, locking the Postgres system user out mid-test."""
+
+    def __init__(self) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="sluice-embedded-test-"))
+
+    def mktemp(self, name: str) -> Path:
+        return Path(tempfile.mkdtemp(prefix=f"{name}-", dir=self.root))
+
+
 @pytest.fixture(scope="module")
-def pg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostgres]:
-    with EmbeddedPostgres(tmp_path_factory.mktemp("pg")) as server:
+def folders() -> Iterator[_Folders]:
+    made = _Folders()
+    yield made
+    shutil.rmtree(made.root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def pg(folders: _Folders) -> Iterator[EmbeddedPostgres]:
+    with EmbeddedPostgres(folders.mktemp("pg")) as server:
         yield server
 
 
 @pytest.fixture(scope="module")
-def rds(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
-    with EmbeddedRedis(tmp_path_factory.mktemp("redis")) as server:
+def rds(folders: _Folders) -> Iterator[EmbeddedRedis]:
+    with EmbeddedRedis(folders.mktemp("redis")) as server:
         yield server
 
 
 def test_postgres_url_and_settings(pg: EmbeddedPostgres) -> None:
-    assert pg.url == f"postgresql://postgres@127.0.0.1:{pg.port}/sluice"
+    assert pg.url == f"postgresql://postgres:{pg.password}@127.0.0.1:{pg.port}/sluice"
     with psycopg.connect(pg.url) as conn:
         row = conn.execute(
             "SELECT current_user, current_database(), current_setting('max_connections'),"
@@ -96,7 +119,7 @@ def test_postgres_start_is_idempotent(pg: EmbeddedPostgres) -> None:
 
 
 def test_redis_set_get_and_config(rds: EmbeddedRedis) -> None:
-    assert rds.url == f"redis://127.0.0.1:{rds.port}/0"
+    assert rds.url == f"redis://:{rds.password}@127.0.0.1:{rds.port}/0"
     with redis.Redis.from_url(rds.url) as client:
         assert client.set("greeting", "hello")
         assert client.get("greeting") == b"hello"
@@ -121,8 +144,8 @@ def test_redis_restart_keeps_aof_key(rds: EmbeddedRedis) -> None:
         assert client.lrange("queue", 0, -1) == [b"a", b"b"]
 
 
-def test_stop_leaves_no_process(tmp_path_factory: pytest.TempPathFactory) -> None:
-    data = tmp_path_factory.mktemp("stop")
+def test_stop_leaves_no_process(folders: _Folders) -> None:
+    data = folders.mktemp("stop")
     pg, rds = EmbeddedPostgres(data / "pg"), EmbeddedRedis(data / "redis")
     with pg, rds:
         pg_pid, redis_pid = pg.pid, rds.pid
@@ -138,9 +161,9 @@ def test_stop_leaves_no_process(tmp_path_factory: pytest.TempPathFactory) -> Non
     rds.stop()
 
 
-def test_start_after_killed_servers(tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_start_after_killed_servers(folders: _Folders) -> None:
     """SIGKILLed servers leave pid/lock files behind; the next start copes, on the same port."""
-    data = tmp_path_factory.mktemp("killed")
+    data = folders.mktemp("killed")
     pg, rds = EmbeddedPostgres(data / "pg"), EmbeddedRedis(data / "redis")
     pg.start()
     rds.start()
@@ -167,8 +190,87 @@ def test_start_after_killed_servers(tmp_path_factory: pytest.TempPathFactory) ->
 def test_constructor_touches_nothing(tmp_path: Path) -> None:
     pg = EmbeddedPostgres(tmp_path / "pg", port=54999)
     rds = EmbeddedRedis(tmp_path / "redis")
-    assert pg.url == "postgresql://postgres@127.0.0.1:54999/sluice"
+    assert pg.public_url == "postgresql://postgres@127.0.0.1:54999/sluice"
     assert rds.port > 0
     assert pg.pid is None
     assert rds.pid is None
     assert list(tmp_path.iterdir()) == []
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_postgres_refuses_connections_without_the_password(pg: EmbeddedPostgres) -> None:
+    assert pg.password and pg.password in pg.url
+    assert _mode(pg.password_file) == 0o600
+    assert _mode(pg.socket_dir) == 0o700
+    for host in ("127.0.0.1", str(pg.socket_dir)):  # TCP and the unix socket
+        for password in (None, "wrong"):
+            with pytest.raises(psycopg.OperationalError, match="password"):
+                psycopg.connect(host=host, port=pg.port, user="postgres", dbname="sluice",
+                                password=password, connect_timeout=5).close()
+        psycopg.connect(host=host, port=pg.port, user="postgres", dbname="sluice",
+                        password=pg.password, connect_timeout=5).close()
+
+
+def test_redis_refuses_clients_without_the_password(rds: EmbeddedRedis) -> None:
+    assert _mode(rds.password_file) == 0o600
+    assert _mode(rds.conf_path) == 0o600
+    for password in (None, "wrong"):
+        with redis.Redis(host="127.0.0.1", port=rds.port, password=password) as client, \
+                pytest.raises(redis.AuthenticationError):
+            client.get("anything")
+    assert rds.password not in " ".join(psutil.Process(rds.pid).cmdline())  # `ps` shows that
+
+
+def test_a_trusting_data_folder_gets_a_password_on_start(
+    folders: _Folders,
+) -> None:
+    """Data folders made before passwords trusted every local connection."""
+    pg = EmbeddedPostgres(folders.mktemp("legacy"))
+    with pg:
+        pass
+    (pg.pgdata / "pg_hba.conf").write_text("local all all trust\nhost all all 127.0.0.1/32 trust\n")
+    with pg:
+        with pytest.raises(psycopg.OperationalError, match="password"):
+            psycopg.connect(host="127.0.0.1", port=pg.port, user="postgres", dbname="sluice",
+                            connect_timeout=5).close()
+        with psycopg.connect(pg.url) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+_STARTER = """
+import sys, time
+from pathlib import Path
+from shared.local.embedded import EmbeddedPostgres, EmbeddedRedis
+pg, rds = EmbeddedPostgres(Path(sys.argv[1]) / "pg"), EmbeddedRedis(Path(sys.argv[1]) / "redis")
+pg.start()
+rds.start()
+print(pg.pid, rds.pid, flush=True)
+time.sleep(600)
+"""
+
+
+def test_servers_stop_with_the_process_that_started_them(folders: _Folders) -> None:
+    """A test session or benchmark cut short with SIGKILL leaves no server behind."""
+    data = folders.mktemp("starter")
+    starter = subprocess.Popen([sys.executable, "-c", _STARTER, str(data)],
+                               stdout=subprocess.PIPE, text=True)
+    try:
+        assert starter.stdout is not None
+        pg_pid, redis_pid = map(int, starter.stdout.readline().split())
+        family = [pg_pid, redis_pid,
+                  *(p.pid for p in psutil.Process(pg_pid).children(recursive=True))]
+        assert not any(_gone(pid) for pid in family)
+        starter.kill()
+        starter.wait(10)
+        deadline = time.monotonic() + 30
+        while not all(_gone(pid) for pid in family) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert [pid for pid in family if not _gone(pid)] == []
+        log = (data / "pg" / "postgres.log").read_text()
+        assert "received fast shutdown request" in log  # stopped cleanly, not killed
+    finally:
+        starter.kill()
+        starter.communicate()  # reaps it and closes its stdout

@@ -18,6 +18,7 @@ from sqlalchemy import Engine
 from shared.accounts import create_key, ensure_user
 from shared.db import sync_session_factory
 from shared.local.embedded import EmbeddedPostgres, EmbeddedRedis
+from shared.local.lifeline import die_with_parent, tether
 from tests.support.helpers import wait_until
 
 # Short intervals so retries, heartbeats and the reconciler act within a test's time.
@@ -46,10 +47,14 @@ class Proc:
     def __init__(self, args: list[str], env: dict[str, str], log_path: Path):
         self.log_path = log_path
         self._log = open(log_path, "wb")
+        # Its own process group, dies with the test session even when that is SIGKILLed
+        # (a run cut short), with what it forked: see shared.local.lifeline.
         self.popen = subprocess.Popen(
             [sys.executable, "-m", "shared.cli", *args], env={**os.environ, **env},
-            stdout=self._log, stderr=subprocess.STDOUT,
+            stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
+            preexec_fn=die_with_parent(signal.SIGTERM),
         )
+        tether(self.popen)
 
     @property
     def pid(self) -> int:

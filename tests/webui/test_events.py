@@ -1,4 +1,5 @@
-"""Server-Sent Events: one Redis subscription per webui process, per-user delivery."""
+"""Server-Sent Events: one Redis stream reader per webui process, per-user delivery,
+replay by Last-Event-ID on whichever webui process a client reconnects to."""
 
 from __future__ import annotations
 
@@ -33,13 +34,15 @@ async def _listen(url: str, key: str, got: list[dict[str, object]], ready: async
                 return
 
 
-def _subscription_clients(redis: Redis) -> int:
-    """Connections of the webui's async pool that hold a pub/sub subscription."""
+def _event_readers(redis: Redis) -> int:
+    """Connections of the webui's async pool that read events: reading the stream (XREAD)
+    or, as before, holding a pub/sub subscription."""
     return sum(1 for c in redis.client_list()
-               if c.get("name") == "sluice-webui-async" and int(c.get("sub", 0)) > 0)
+               if c.get("name") == "sluice-webui-async"
+               and (c.get("cmd") == "xread" or int(c.get("sub", 0)) > 0))
 
 
-def test_200_clients_share_one_subscription_and_see_only_their_events(
+def test_200_clients_share_one_reader_and_see_only_their_events(
     stack: Stack, db_engine: Engine, redis_client: Redis
 ) -> None:
     users = [make_user(db_engine, f"sse{i}") for i in range(USERS)]
@@ -58,7 +61,7 @@ def test_200_clients_share_one_subscription_and_see_only_their_events(
                     task = asyncio.create_task(_listen(stack.url, u.key, got, ready, stop, client))
                     listeners.append((ui, got, ready, task))
             await asyncio.wait_for(asyncio.gather(*(r.wait() for _, _, r, _ in listeners)), 60)
-            assert _subscription_clients(redis_client) == 1  # 200 browsers, one Redis connection
+            assert _event_readers(redis_client) == 1  # 200 browsers, one Redis connection
 
             file_ids: list[str] = []
             for u in users:

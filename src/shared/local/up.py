@@ -2,9 +2,11 @@
 
 With no DATABASE_URL / REDIS_URL it starts PostgreSQL + pgvector and Redis from
 Python packages in the data folder, migrates, makes sure an admin key exists,
-then runs the webui and N workers as child processes. Ctrl-C (or SIGTERM)
-stops everything it started, workers first finishing their current job.
-Data survives a restart.
+then runs the webui and N workers as child processes and keeps them running:
+a crashed webui or worker is restarted with backoff (see `supervise`). Ctrl-C
+(or SIGTERM) stops everything it started, workers first finishing their
+current job; if `sluice up` itself is killed, its children stop with it (see
+`lifeline`). Data survives a restart.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ import argparse
 import logging
 import os
 import signal
-import subprocess
 import sys
 import time
 from contextlib import ExitStack
@@ -21,6 +22,8 @@ from pathlib import Path
 
 import httpx
 
+from shared.local.lifeline import close_lifeline
+from shared.local.supervise import Supervisor
 from shared.settings import SettingsError, load_settings
 
 log = logging.getLogger("sluice.up")
@@ -48,18 +51,14 @@ def _ensure_admin_key(settings_dir: Path) -> str:
     return key
 
 
-def _spawn(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-    # A session of its own: Ctrl-C reaches only `sluice up`, which then stops
-    # the children in order instead of all of them at once.
-    return subprocess.Popen([sys.executable, "-m", "shared.cli", *args], env=env,
-                            start_new_session=True)
-
-
-def _wait_ready(url: str, procs: list[subprocess.Popen[bytes]], timeout: float = 180) -> None:
+def _wait_ready(url: str, sup: Supervisor, timeout: float = 180) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if any(p.poll() is not None for p in procs):
-            raise RuntimeError("a child process exited during start-up (see its log above)")
+        sup.tick()
+        # An error exit before the stack ever served is a set-up error (bad settings, port
+        # in use), not a crash to ride out: say so instead of restarting it forever.
+        if failed := sup.failed():
+            raise RuntimeError(f"{failed[0].name} exited during start-up (see its log above)")
         try:
             if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
                 return
@@ -67,20 +66,6 @@ def _wait_ready(url: str, procs: list[subprocess.Popen[bytes]], timeout: float =
             pass
         time.sleep(0.5)
     raise RuntimeError(f"the webui did not become ready within {timeout:.0f} s")
-
-
-def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
-    for p in procs:
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + _STOP_GRACE_S
-    for p in procs:
-        try:
-            p.wait(timeout=max(deadline - time.monotonic(), 0.1))
-        except subprocess.TimeoutExpired:
-            log.warning("up.kill pid=%d (did not stop within %d s)", p.pid, _STOP_GRACE_S)
-            p.kill()
-            p.wait()
 
 
 def run_up(args: argparse.Namespace) -> int:
@@ -92,7 +77,6 @@ def run_up(args: argparse.Namespace) -> int:
     env = dict(os.environ)
     env.setdefault("UPLOAD_DIR", str(data / "uploads"))
     env.setdefault("HF_HUB_OFFLINE", "1")
-    procs: list[subprocess.Popen[bytes]] = []
     stopping = False
 
     def _on_signal(signum: int, _frame: object) -> None:
@@ -100,6 +84,7 @@ def run_up(args: argparse.Namespace) -> int:
         stopping = True
 
     with ExitStack() as stack:
+        stack.callback(close_lifeline)  # last, once everything it guards has stopped
         if not env.get("DATABASE_URL"):
             pg = EmbeddedPostgres(data / "postgres")
             pg.start()
@@ -121,17 +106,19 @@ def run_up(args: argparse.Namespace) -> int:
 
         signal.signal(signal.SIGINT, _on_signal)
         signal.signal(signal.SIGTERM, _on_signal)
-        stack.callback(_stop, procs)
+        sup = Supervisor()
+        stack.callback(sup.stop, _STOP_GRACE_S)
         url = f"http://127.0.0.1:{args.port}"
         webui_env = {**env, "WEBUI_METRICS_HOST": env.get("WEBUI_METRICS_HOST", "127.0.0.1")}
-        procs.append(_spawn(["webui", "--host", "127.0.0.1", "--port", str(args.port)], webui_env))
+        sup.start("webui", ["webui", "--host", "127.0.0.1", "--port", str(args.port)], webui_env)
         metrics_port = int(env.get("WORKER_METRICS_PORT", "9100"))
         for i in range(args.workers):
             # Each worker serves /metrics on its own port (9100, 9101, …) on loopback; 0 = off.
             port = {"WORKER_METRICS_PORT": str(metrics_port + i if metrics_port else 0),
                     "WORKER_METRICS_HOST": env.get("WORKER_METRICS_HOST", "127.0.0.1")}
-            procs.append(_spawn(["worker", "--share-cpus", str(args.workers)], {**env, **port}))
-        _wait_ready(url, procs)
+            sup.start(f"worker-{i + 1}", ["worker", "--share-cpus", str(args.workers)],
+                      {**env, **port})
+        _wait_ready(url, sup)
         print(
             f"\nSluice is running at {url}  (API docs: {url}/docs)\n"
             f"Admin API key: {key}\n"
@@ -140,9 +127,7 @@ def run_up(args: argparse.Namespace) -> int:
             flush=True,
         )
         while not stopping:
-            if any(p.poll() is not None for p in procs):
-                log.error("up.child_exited: stopping everything")
-                break
+            sup.tick()  # a crashed webui or worker comes back, with backoff
             time.sleep(0.5)
         print("stopping…", flush=True)
     return 0

@@ -9,6 +9,7 @@ from contextlib import AsyncExitStack
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
+from shared.events import parse_stream_id
 from webui.deps import CurrentUser, StateDep
 from webui.events import RESYNC
 from webui.limits import event_stream_slot
@@ -34,9 +35,20 @@ async def events(request: Request, user: CurrentUser, state: StateDep) -> Stream
     await slot.enter_async_context(
         event_stream_slot(state.aredis, user.id, state.settings.event_streams_per_user)
     )
+    # Subscribed before the replay is read, so nothing falls between the two; what both
+    # deliver is sent once (ids are the stream's, ordered the same on every replica).
     sub = hub.subscribe(user_id)
     state.metrics.event_streams.inc()
-    missed = hub.replay(user_id, request.headers.get("last-event-id"))
+    try:
+        missed = await hub.replay(user_id, request.headers.get("last-event-id"))
+    except BaseException:
+        hub.unsubscribe(sub)
+        state.metrics.event_streams.dec()
+        await slot.aclose()
+        raise
+    # After a resync the client starts over: every live event is news to it.
+    seen = None if missed is None else parse_stream_id(
+        missed[-1][0] if missed else request.headers.get("last-event-id"))
 
     async def stream() -> AsyncIterator[str]:
         try:
@@ -54,6 +66,9 @@ async def events(request: Request, user: CurrentUser, state: StateDep) -> Stream
                         return
                     yield ": heartbeat\n\n"
                     continue
+                event_id = parse_stream_id(item[0])
+                if seen is not None and event_id is not None and event_id <= seen:
+                    continue  # already sent by the replay
                 yield _frame(*item)
         finally:
             hub.unsubscribe(sub)

@@ -24,11 +24,12 @@ from typing import Any
 # so every parser child starts with these libraries already loaded.
 import docx
 from bs4 import BeautifulSoup
+from bs4.dammit import EncodingDetector
 from docx.table import Table
 from pypdf import PdfReader
 from pypdf.errors import LimitReachedError
 
-from shared.detect import SNIFF_CHARS, decode_text
+from shared.detect import BOMS, SNIFF_CHARS, decode_text
 from shared.document_errors import DocumentRejected
 
 MAX_PDF_PAGES = 2000
@@ -40,6 +41,7 @@ ZIP_RATIO_MIN_BYTES = 1024 * 1024
 MAX_JSON_DEPTH = 100
 ZIP_XML_SCAN_CHUNK = 64 * 1024
 
+_BOMS = tuple(bom for bom, _ in BOMS)
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
 _BLANK_RUNS = re.compile(r"\n{3,}")
 # Anchored at the start of a space run and possessive, so it stays linear;
@@ -245,10 +247,14 @@ def _extract_docx(path: Path) -> str:
 
 def _extract_html(path: Path) -> str:
     data = path.read_bytes()
+    # A declared charset (<meta charset>, BOM) is honoured by handing bs4 the bytes.
+    # Without one, bs4's own guess reads short Western pages as cp1250 ("crčme"),
+    # so the text is decoded the way plain-text uploads are.
+    declared = EncodingDetector.find_declared_encoding(data, is_html=True)
+    markup: bytes | str = data if declared or data.startswith(_BOMS) else decode_text(data)
     with _reject_on_failure("HTML"):
-        # Bytes in, so bs4 honours <meta charset>. lxml's HTML parser never
-        # fetches external resources, and we never follow links.
-        soup = BeautifulSoup(data, "lxml")
+        # lxml's HTML parser never fetches external resources, and we never follow links.
+        soup = BeautifulSoup(markup, "lxml")
         for tag in soup(["script", "style", "noscript", "template"]):
             tag.decompose()
         text = soup.get_text("\n")
