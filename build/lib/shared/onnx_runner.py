@@ -1,0 +1,77 @@
+"""Run an exported sentence-transformers graph with onnxruntime: tokenize with the
+model's own tokenizer.json, run, mean-pool, L2-normalise. No torch import.
+(Building the graph lives in `shared.embedding_onnx`.)"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+
+class OnnxRunner:
+    """Tokenize with the model's tokenizer.json, run the graph, mean-pool, L2-normalise."""
+
+    def __init__(self, model_dir: Path, graph: Path, *, threads: int):
+        import onnxruntime as ort
+        from tokenizers import Tokenizer
+
+        self.max_seq_length, self.dim = model_facts(model_dir)
+        self.tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+        # tokenizer.json ships with truncation at 128 and fixed padding: override both
+        # to what sentence-transformers does (truncate at max_seq_length, pad per batch).
+        self.tokenizer.enable_truncation(max_length=self.max_seq_length)
+        pad = self.tokenizer.padding or {}
+        self.tokenizer.enable_padding(
+            pad_id=int(pad.get("pad_id", 0)), pad_token=str(pad.get("pad_token", "[PAD]")),
+        )
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3
+        self.session = ort.InferenceSession(
+            str(graph), options, providers=["CPUExecutionProvider"]
+        )
+        self.inputs = [i.name for i in self.session.get_inputs()]
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        encodings = self.tokenizer.encode_batch(texts, add_special_tokens=True)
+        mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
+        feeds = {
+            "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
+            "attention_mask": mask,
+            "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64),
+        }
+        hidden: np.ndarray = self.session.run(
+            None, {k: v for k, v in feeds.items() if k in self.inputs}
+        )[0]
+        weights = mask[..., None].astype(np.float32)
+        pooled = (hidden * weights).sum(axis=1) / np.clip(weights.sum(axis=1), 1e-9, None)
+        norms = np.linalg.norm(pooled, axis=1, keepdims=True)
+        out: np.ndarray = (pooled / np.clip(norms, 1e-12, None)).astype(np.float32)
+        return out
+
+
+def model_facts(model_dir: Path) -> tuple[int, int]:
+    """(max_seq_length, dim); refuses pipelines this runner does not reproduce."""
+    modules = json.loads((model_dir / "modules.json").read_text())
+    kinds = {m["type"].rsplit(".", 1)[-1] for m in modules}
+    if not kinds <= {"Transformer", "Pooling", "Normalize"}:
+        raise ValueError(
+            f"the ONNX backends run Transformer + mean Pooling (+ Normalize); {model_dir} has "
+            f"{sorted(kinds)}: use EMBEDDING_BACKEND=torch"
+        )
+    pooling_dir = next((m["path"] for m in modules if m["type"].endswith("Pooling")), "1_Pooling")
+    pooling = json.loads((model_dir / pooling_dir / "config.json").read_text())
+    if not pooling.get("pooling_mode_mean_tokens") or any(
+        v for k, v in pooling.items() if k.startswith("pooling_mode_") and k != "pooling_mode_mean_tokens"
+    ):
+        raise ValueError(f"the ONNX backends do mean pooling only; {model_dir}: use EMBEDDING_BACKEND=torch")
+    st_config = model_dir / "sentence_bert_config.json"
+    max_len = json.loads(st_config.read_text()).get("max_seq_length") if st_config.is_file() else None
+    config = json.loads((model_dir / "config.json").read_text())
+    max_len = int(max_len or config.get("max_position_embeddings", 512))
+    return max_len, int(pooling.get("word_embedding_dimension") or config["hidden_size"])

@@ -1,0 +1,246 @@
+"""One typed Settings object, read from the environment once per process.
+
+Variable names are the seed system's (`DATABASE_POOL_SIZE`, `JOB_TIMEOUT`, …) so
+operators' ConfigMaps keep working; the *defaults* are safe ones. An invalid
+value fails at start with the variable's name; nothing falls back silently.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+from urllib.parse import parse_qs, urlsplit
+
+from pydantic import Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class SettingsError(RuntimeError):
+    """A setting is missing or invalid; the message names the variable."""
+
+
+# libpq's TLS parameters, written once in DATABASE_URL's query string
+# (`?sslmode=verify-full&sslrootcert=/etc/pki/db-ca.crt`). psycopg (libpq)
+# reads them as they are; shared.db translates them into an SSLContext for
+# asyncpg, which would reject them as keyword arguments.
+PG_TLS_PARAMS = ("sslmode", "sslrootcert", "sslcert", "sslkey")
+PG_SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+
+
+def postgres_tls(url: str) -> dict[str, str]:
+    """The TLS parameters of a DATABASE_URL; ValueError if they cannot mean what libpq means."""
+    query = parse_qs(urlsplit(url).query, keep_blank_values=True)
+    if "ssl" in query:
+        raise ValueError(
+            "use libpq's ?sslmode=... (disable, require, verify-ca, verify-full), not asyncpg's "
+            "?ssl=...: Sluice translates sslmode for both of its drivers"
+        )
+    tls = {k: v[-1] for k, v in query.items() if k in PG_TLS_PARAMS}
+    mode = tls.get("sslmode", "prefer")
+    if mode not in PG_SSLMODES:
+        raise ValueError(f"sslmode={mode!r} is not one of {', '.join(PG_SSLMODES)}")
+    if mode.startswith("verify-") and not tls.get("sslrootcert"):
+        raise ValueError(
+            f"sslmode={mode} needs sslrootcert=<CA file> (or sslrootcert=system for the "
+            "system's CAs) to verify the server's certificate against"
+        )
+    if ("sslkey" in tls) != ("sslcert" in tls):
+        raise ValueError("sslcert and sslkey go together (a client certificate and its key)")
+    return tls
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
+
+    # --- Postgres -----------------------------------------------------------
+    database_url: str = Field(
+        default="", description="postgresql://user:pass@host:port/db; empty under `sluice up`"
+    )
+    database_pool_size: int = Field(default=10, ge=0, le=500)
+    database_pool_max_overflow: int = Field(default=5, ge=0, le=500)
+    database_pool_timeout: float = Field(default=10.0, gt=0, le=600)
+    database_pool_recycle: int = Field(default=1800, ge=-1)
+    database_pool_pre_ping: bool = True
+    # NullPool (DATABASE_POOL_SIZE=0) opens a connection per checkout: what took the
+    # seed system down. It is only sane when PgBouncer (or similar) pools for us.
+    database_external_pooler: bool = False
+    worker_db_pool_size: int = Field(default=2, ge=1, le=10)
+    db_statement_timeout_ms: int = Field(default=30_000, ge=0)
+
+    # --- Redis / RQ ---------------------------------------------------------
+    redis_url: str = ""
+    redis_max_connections: int = Field(default=20, ge=2, le=10_000)
+    redis_pool_timeout: float = Field(default=5.0, gt=0, le=120)
+    redis_socket_timeout: float = Field(default=10.0, gt=0, le=600)
+    queue_name: str = Field(default="ingest", pattern=r"^[A-Za-z0-9_-]+$")
+    job_timeout: int = Field(default=600, ge=5, le=86_400)
+    job_max_retries: int = Field(default=3, ge=0, le=20)
+    job_retry_delay: int = Field(default=30, ge=0, le=86_400)
+    job_monitoring_interval: int = Field(default=10, ge=1, le=300)
+    # A running job's heartbeat lives JOB_MONITORING_INTERVAL + this; a worker killed
+    # mid-job is noticed (and its job retried) that long after its last beat.
+    worker_heartbeat_grace: int = Field(default=60, ge=1, le=3_600)
+    worker_maintenance_interval: int = Field(default=60, ge=1, le=3_600)
+    reconcile_interval: float = Field(default=30.0, gt=0, le=3_600)
+    reconcile_queued_grace: float = Field(default=30.0, ge=0, le=86_400)
+    # Leftover upload bytes (partial uploads, stored files without a row): how often the
+    # reconciler's sweep runs per process, and how old a file must be to be swept.
+    sweep_interval: float = Field(default=600.0, ge=0, le=86_400)
+    sweep_grace: float = Field(default=3_600.0, ge=0, le=30 * 86_400)
+    # The worker's own /metrics (Prometheus scrapes the pod IP); 0 = not served.
+    worker_metrics_port: int = Field(default=9100, ge=0, le=65_535)
+    worker_metrics_host: str = "0.0.0.0"
+    # The webui's /metrics, on its own port: the API port (the Route) never serves them.
+    webui_metrics_port: int = Field(default=9200, ge=0, le=65_535)
+    webui_metrics_host: str = "0.0.0.0"
+
+    # --- Pipeline -----------------------------------------------------------
+    embedding_model: str = Field(
+        default="", description="local model folder; empty = the packaged all-MiniLM-L6-v2"
+    )
+    embedding_dim: int = Field(default=384, ge=1, le=16_000)
+    # Same model files, three runtimes (see shared/embedding.py and the README's
+    # "Embedding backends"): worker and webui must agree; search refuses chunks
+    # embedded in another space.
+    # Default onnx: torch's vectors (same space, so chunks embedded by torch stay
+    # searchable), ~15% faster, no torch import; onnx-int8 is ~2x but not the same space.
+    embedding_backend: Literal["torch", "onnx", "onnx-int8"] = "onnx"
+    embedding_cache_dir: str = Field(
+        default="", description="ONNX graphs; empty = $XDG_CACHE_HOME or ~/.cache, /sluice/onnx"
+    )
+    chunk_size: int = Field(default=256, ge=16, le=8_192)
+    chunk_overlap: int = Field(default=32, ge=0, le=4_096)
+    embed_batch_size: int = Field(default=32, ge=1, le=1_024)
+    embed_threads: int = Field(default=0, ge=0, le=256, description="0 = from the CPUs given")
+    parse_timeout: float = Field(default=120.0, gt=0, le=3_600)
+    parse_memory_mb: int = Field(default=1024, ge=128, le=65_536)
+
+    # --- Webui --------------------------------------------------------------
+    max_upload_mb: int = Field(default=50, ge=1, le=10_240)
+    upload_dir: Path = Path("./.sluice/uploads")
+    search_top_k_max: int = Field(default=50, ge=1, le=1_000)
+    # 400: with other users' near-duplicate chunks in the index, the owner-filtered HNSW
+    # scan finds 0.93 of the exact top 10 at 400 against 0.83 at 100 (loadtests/eval_retrieval.py).
+    hnsw_ef_search: int = Field(default=400, ge=10, le=1_000)
+    # Full-text half of hybrid search. The tsvector column is generated with this
+    # Postgres text search configuration by migration 0004 (a generated column needs a
+    # fixed regconfig); the webui queries with the configuration the column was built
+    # with, so changing it later means rebuilding the column (README, "Search").
+    search_text_config: str = Field(default="english", pattern=r"^[a-z_][a-z0-9_]*$")
+    # Calibrated relevance (0-1, webui/search_rank.py): no hits at all ("no close match")
+    # unless the best reaches SEARCH_MIN_RELEVANCE; then hits under
+    # SEARCH_HIT_MIN_RELEVANCE are dropped. Either way, flagged "weak" if asked for.
+    # Chosen with `make eval` (README, "Search").
+    search_min_relevance: float = Field(default=0.1, ge=0.0, le=1.0)
+    search_hit_min_relevance: float = Field(default=0.02, ge=0.0, le=1.0)
+    # Query encoder micro-batching: concurrent queries wait at most this long to be
+    # encoded together, in batches of at most QUERY_BATCH_MAX.
+    query_batch_max: int = Field(default=16, ge=1, le=256)
+    query_batch_wait_ms: float = Field(default=5.0, ge=0.0, le=1_000.0)
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65_535)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # On SIGTERM the webui stops accepting connections and lets open requests
+    # (uploads, event streams) finish for this long before cutting them. The
+    # cluster sets it to cover a maximal upload; its grace period follows.
+    webui_drain_seconds: int = Field(default=30, ge=1, le=3_600)
+    redis_async_max_connections: int = Field(default=10, ge=2, le=1_000)
+
+    # --- Accounts and abuse limits -----------------------------------------
+    # Behind OpenShift's oauth-proxy sidecar: trust its user header, but only
+    # when enabled and only from the proxy's own address (the sidecar).
+    trust_forwarded_user: bool = False
+    forwarded_user_header: str = "X-Forwarded-Email"
+    trusted_proxies: str = Field(default="127.0.0.1/32,::1/128", description="CIDRs, comma-separated")
+    rate_limit_per_minute: int = Field(default=600, ge=0, description="per user; 0 = off")
+    # Per client address (X-Forwarded-For from a trusted proxy); 0 = off.
+    auth_failures_per_minute: int = Field(default=20, ge=0)
+    user_quota_mb: int = Field(default=5_120, ge=1, description="stored bytes per user")
+    # 8: a browser opens at most 6 connections per host, so a folder dropped on the page
+    # never meets it; a script sending more gets 429 + Retry-After and retries.
+    uploads_in_flight_per_user: int = Field(default=8, ge=1, le=1_000)
+    event_streams_per_user: int = Field(default=10, ge=1, le=1_000)
+    # Every request body except the upload's (JSON: search, admin); bigger is 413.
+    max_request_body_kb: int = Field(default=256, ge=1, le=65_536)
+    upload_max_parts: int = Field(default=8, ge=1, le=1_000)
+
+    # Benchmark-only: reload the model for every job, as the seed system did.
+    # Used by loadtests to reproduce the old setup; never set in production.
+    bench_reload_model_per_job: bool = False
+
+    @model_validator(mode="after")
+    def _check_consistency(self) -> Settings:
+        try:
+            postgres_tls(self.database_url)
+        except ValueError as err:
+            raise ValueError(f"DATABASE_URL: {err}") from None
+        if self.database_pool_size == 0 and not self.database_external_pooler:
+            raise ValueError(
+                "DATABASE_POOL_SIZE=0 selects NullPool: a new Postgres connection for every "
+                "request and job, which exhausted max_connections in the system Sluice "
+                "replaces. Set DATABASE_POOL_SIZE>0, or set DATABASE_EXTERNAL_POOLER=true "
+                "if PgBouncer (or another pooler) is in front of Postgres."
+            )
+        try:
+            self.trusted_proxy_networks  # noqa: B018  (validates the CIDRs)
+        except ValueError as err:
+            raise ValueError(f"TRUSTED_PROXIES: {err}") from None
+        if self.chunk_overlap >= self.chunk_size:
+            raise ValueError(
+                f"CHUNK_OVERLAP ({self.chunk_overlap}) must be smaller than "
+                f"CHUNK_SIZE ({self.chunk_size})"
+            )
+        return self
+
+    @property
+    def trusted_proxy_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        return [ipaddress.ip_network(c.strip()) for c in self.trusted_proxies.split(",") if c.strip()]
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return self.max_upload_mb * 1024 * 1024
+
+    @property
+    def max_request_body_bytes(self) -> int:
+        return self.max_request_body_kb * 1024
+
+    @property
+    def uses_null_pool(self) -> bool:
+        return self.database_pool_size == 0
+
+
+def _describe(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        loc = "_".join(str(p) for p in e["loc"]).upper()
+        name = loc or "settings"
+        lines.append(f"{name}: {e['msg']}")
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build Settings from the environment (plus overrides), or raise SettingsError."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as err:
+        raise SettingsError(_describe(err)) from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's Settings, built on first use (never at import time)."""
+    return load_settings()
+
+
+def cpu_quota() -> float:
+    """CPUs this process may use: the cgroup v2 quota if set, else the affinity mask."""
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        if quota != "max":
+            return max(float(quota) / float(period), 1.0)
+    except (OSError, ValueError):
+        pass
+    return float(len(os.sched_getaffinity(0)))

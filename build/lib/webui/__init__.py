@@ -1,0 +1,1 @@
+"""The HTTP API (FastAPI): uploads, file status, search, health."""

@@ -1,0 +1,36 @@
+"""Resources one webui process owns, built in the lifespan and disposed at shutdown."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from redis import Redis
+from redis.asyncio import Redis as AsyncRedis
+from rq import Queue
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+
+from shared.embedding import Embedder
+from shared.settings import Settings
+from webui.events import EventHub
+from webui.limits import RateLimits
+from webui.metrics import WebuiMetrics
+from webui.query_encoder import QueryEncoder
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    engine: AsyncEngine
+    session_factory: async_sessionmaker[Any]
+    redis: Redis  # the one sync pool: RQ enqueues (run in threads) and health checks
+    aredis: AsyncRedis  # the one async pool: event-stream reader and per-user limits
+    queue: Queue
+    embedder: Embedder
+    # Queries are encoded in micro-batches with one intra-op thread: the webui's CPU
+    # belongs to request handling, not to a pile of parallel encodes.
+    query_encoder: QueryEncoder
+    text_config: str  # the regconfig chunks.tsv was generated with (webui/search.py)
+    events: EventHub  # the one event-stream reader of this process
+    limits: RateLimits  # moving windows in Redis, on `aredis`
+    metrics: WebuiMetrics

@@ -1,0 +1,1 @@
+"""Sluice worker: pulls ingestion jobs, parses, chunks and embeds documents."""

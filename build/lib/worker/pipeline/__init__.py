@@ -1,0 +1,1 @@
+"""Worker pipeline steps (detect, parse in isolation, and later steps)."""
