@@ -1,10 +1,12 @@
 """`make bench-encoder`: which backend and thread layout encodes fastest on this CPU.
 
-The encoder alone (no stack): the chunks `make bench` uses (the eval set's
-documents through the worker's Chunker), encoded as the worker does (grouped by
-length, EMBED_BATCH_SIZE). Each configuration is backend × layout, where a
-layout is P processes × T intra-op threads each (1×1, 1×2, 2×1 by default: one
-worker with one or two threads, or two one-thread workers sharing the chunks).
+The encoder alone (no stack), on the files `make compare` uploads (Markdown of
+~30 KB, `--files` of them, default 10), each chunked by the worker's Chunker
+and encoded with one `encode` call per file, as the worker does (batches
+grouped by length within the file). Each configuration is backend × layout ×
+batch size, where a layout is P processes × T intra-op threads each (1×1, 1×2,
+2×1 by default: one worker with one or two threads, or two one-thread workers
+taking alternate files).
 Every measurement runs in fresh child processes that load and warm the model,
 then start together on a signal; the wall time covers only the encoding.
 
@@ -24,7 +26,8 @@ The decision rule it prints (the default is changed only on a quiet rerun):
   (int8 is another embedding space: switching means re-embedding).
 
     .venv/bin/python loadtests/bench_encoder.py [--backends torch,onnx,onnx-int8]
-        [--layouts 1x1,1x2,2x1] [--rounds 3] [--chunks 0] [--quiet 0.25] [--json out.json]
+        [--layouts 1x1,1x2,2x1] [--batch-sizes 32,8] [--rounds 3] [--files 10]
+        [--quiet 0.25] [--json out.json]
 """
 
 from __future__ import annotations
@@ -49,33 +52,40 @@ from shared.embedding import BACKENDS
 CHILD = """
 import dataclasses, json, sys, time
 sys.path.insert(0, sys.argv[1])
-from bench_pipeline import chunk_files, corpus
+from compare_owui import burst_files
+from shared.embedding import model_path
 from shared.encoders import load_embedder
 from shared.settings import load_settings
-backend, threads, part, parts, limit = sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), \\
-    int(sys.argv[5]), int(sys.argv[6])
+from worker.pipeline.chunk import Chunker
+from worker.pipeline.parse import normalize_text
+backend, threads, part, parts, n_files, batch = sys.argv[2], int(sys.argv[3]), \\
+    int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6]), int(sys.argv[7])
 s = load_settings(embedding_backend=backend)
-chunks = [c for f in chunk_files(corpus(10), s) for c in f]
-chunks = (chunks[:limit] if limit else chunks)[part::parts]
+chunker = Chunker(model_path(s) / "tokenizer.json", chunk_size=s.chunk_size,
+                  overlap=s.chunk_overlap, model_max=256)
+files = [[c.text for c in chunker.split(normalize_text(data.decode()), "markdown")]
+         for _, data in burst_files(n_files)][part::parts]
 e = load_embedder(s, threads)
 e.warm_up()
 before = dataclasses.replace(e.stats)
 print("ready", flush=True)
 sys.stdin.readline()
 t = time.perf_counter()
-e.encode(chunks, batch_size=s.embed_batch_size)
+for chunks in files:
+    e.encode(chunks, batch_size=batch)
 wall = time.perf_counter() - t
 used = e.stats.minus(before)
-print(json.dumps({"chunks": len(chunks), "tokens": used.tokens, "wall": wall,
+print(json.dumps({"chunks": used.texts, "tokens": used.tokens, "wall": wall,
                   "padding": used.padding_ratio}), flush=True)
 """
 
 
-def measure(backend: str, procs: int, threads: int, limit: int) -> dict[str, Any]:
+def measure(backend: str, procs: int, threads: int, batch: int, *, files: int) -> dict[str, Any]:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     here = str(Path(__file__).resolve().parent)
     children = [subprocess.Popen(
-        [sys.executable, "-c", CHILD, here, backend, str(threads), str(k), str(procs), str(limit)],
+        [sys.executable, "-c", CHILD, here, backend, str(threads), str(k), str(procs),
+         str(files), str(batch)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
         for k in range(procs)]
     try:
@@ -126,10 +136,10 @@ def report(results: dict[str, list[dict[str, Any]]], quiet: float) -> dict[str, 
             continue
         top = max(table.values(), key=lambda s: s["median"])["median"]
         print(f"\n{title}:")
-        print(f"  {'config':18} {'chunks/s':>9} {'min-max':>13} {'tokens/s':>9} {'vs best':>8} "
+        print(f"  {'config':22} {'chunks/s':>9} {'min-max':>13} {'tokens/s':>9} {'vs best':>8} "
               f"{'others':>7} {'load':>5} {'n':>3}")
         for k, s in sorted(table.items(), key=lambda kv: -kv[1]["median"]):
-            print(f"  {k:18} {s['median']:9.1f} {s['min']:6.1f}-{s['max']:<6.1f} "
+            print(f"  {k:22} {s['median']:9.1f} {s['min']:6.1f}-{s['max']:<6.1f} "
                   f"{s['tokens_per_s']:9.0f} {s['median'] / top:8.2f} {s['others']:7.2f} "
                   f"{s['load']:5.1f} {int(s['n']):3}")
         out[title] = table
@@ -150,20 +160,22 @@ def main() -> None:
     p.add_argument("--backends", default=",".join(BACKENDS))
     p.add_argument("--layouts", default="1x1,1x2,2x1", help="processes x threads, comma-separated")
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--chunks", type=int, default=0, help="use only the first N chunks (0 = all)")
+    p.add_argument("--batch-sizes", default="32,8")
+    p.add_argument("--files", type=int, default=10)
     p.add_argument("--quiet", type=float, default=0.25)
     p.add_argument("--json", help="also write every measurement here")
     args = p.parse_args()
-    configs = [(b, *map(int, lay.split("x"))) for b in args.backends.split(",")
-               for lay in args.layouts.split(",")]
-    results: dict[str, list[dict[str, Any]]] = {f"{b} {pr}x{th}": [] for b, pr, th in configs}
+    configs = [(b, *map(int, lay.split("x")), int(bs)) for b in args.backends.split(",")
+               for lay in args.layouts.split(",") for bs in args.batch_sizes.split(",")]
+    name = "{} {}x{} bs{}".format
+    results: dict[str, list[dict[str, Any]]] = {name(*c): [] for c in configs}
     print(f"{os.cpu_count()} CPUs; load average at start {os.getloadavg()}")
     for r in range(args.rounds):
         shift = r % len(configs)
-        for b, procs, threads in configs[shift:] + configs[:shift]:
-            m = measure(b, procs, threads, args.chunks)
-            results[f"{b} {procs}x{threads}"].append(m)
-            print(f"  round {r + 1} {b:9} {procs}x{threads}: {m['chunks_per_s']:6.1f} chunks/s "
+        for c in configs[shift:] + configs[:shift]:
+            m = measure(*c, files=args.files)
+            results[name(*c)].append(m)
+            print(f"  round {r + 1} {name(*c):22}: {m['chunks_per_s']:6.1f} chunks/s "
                   f"{m['tokens_per_s']:6.0f} tokens/s ({m['chunks']} chunks in {m['wall']:.1f} s, "
                   f"padding {m['padding']:.3f}; other work {m['other_cores']:.2f} cores, "
                   f"load avg {m['loadavg_1m']:.1f})", flush=True)
