@@ -132,8 +132,8 @@ class Embedder:
         self.model = SentenceTransformer(str(self.path), device=device, local_files_only=True)
         self.max_seq_length = int(self.model.max_seq_length or 256)
         self.dim = int(self.model.get_embedding_dimension() or 0)
-        # Only to measure lengths: sentence-transformers tokenizes again in encode(),
-        # which costs ~1 % of a batch's time on this model.
+        # Only to measure lengths (to group texts): sentence-transformers tokenizes
+        # again in encode(); the Rust tokenizer is cheap next to the model.
         self._length_tokenizer = Tokenizer.from_file(str(self.tokenizer_file))
         self._length_tokenizer.enable_truncation(max_length=self.max_seq_length)
         self._length_tokenizer.no_padding()
