@@ -46,6 +46,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from meter import CpuMeter
+from stack import interrupt_on_sigterm
 
 from shared.embedding import BACKENDS
 
@@ -165,6 +166,7 @@ def main() -> None:
     p.add_argument("--quiet", type=float, default=0.25)
     p.add_argument("--json", help="also write every measurement here")
     args = p.parse_args()
+    interrupt_on_sigterm()
     configs = [(b, *map(int, lay.split("x")), int(bs)) for b in args.backends.split(",")
                for lay in args.layouts.split(",") for bs in args.batch_sizes.split(",")]
     name = "{} {}x{} bs{}".format

@@ -54,7 +54,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from eval_retrieval import load_set
 from meter import CpuMeter
-from stack import App, Servers, app_env, create_users, free_port
+from stack import App, Servers, app_env, create_users, free_port, interrupt_on_sigterm
 
 from shared.embedding import BACKENDS, embed_threads, model_path
 from shared.encoders import load_embedder
@@ -189,6 +189,7 @@ def main() -> None:
     p.add_argument("--json", help="also write the raw results here")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    interrupt_on_sigterm()
     backends = args.backends.split(",")
     files = corpus(args.files)
     modes = ("raw", "raw-inorder", "e2e")

@@ -34,7 +34,6 @@ import argparse
 import json
 import os
 import random
-import signal
 import sys
 import tempfile
 import time
@@ -48,7 +47,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import owui
 from burst import BurstResult, render, run_burst
 from corpus import PLACEHOLDER, _markdown_docs, _take
-from stack import App, Servers, app_env, create_users, free_port
+from stack import App, Servers, app_env, create_users, free_port, interrupt_on_sigterm
 
 from shared.embedding import model_path
 from shared.settings import load_settings
@@ -127,10 +126,6 @@ def run_sluice(servers: Servers, root: Path, files: list[tuple[str, bytes]], wor
         rd.close()
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--files", type=int, default=100)
@@ -145,8 +140,7 @@ def main() -> None:
     files = burst_files(n)
     print(f"burst: {n} Markdown files, {sum(len(b) for _, b in files) / 1e6:.2f} MB; load average "
           f"{os.getloadavg()}", flush=True)
-    # Ctrl-C or SIGTERM: unwind through the finally blocks that stop every server we started.
-    signal.signal(signal.SIGTERM, _interrupt)
+    interrupt_on_sigterm()  # Ctrl-C or SIGTERM: the finally blocks stop what we started
     results: list[BurstResult] = []
     with tempfile.TemporaryDirectory(prefix="sluice-compare-") as tmp:
         root = Path(tmp)
