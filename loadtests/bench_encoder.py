@@ -6,7 +6,8 @@ and encoded with one `encode` call per file, as the worker does (batches
 grouped by length within the file). Each configuration is backend × layout ×
 batch size, where a layout is P processes × T intra-op threads each (1×1, 1×2,
 2×1 by default: one worker with one or two threads, or two one-thread workers
-taking alternate files).
+taking alternate files); a layout ending in `ns` (e.g. 1x2ns) runs onnxruntime
+with EMBED_SPIN_WAIT=false (no effect on torch).
 Every measurement runs in fresh child processes that load and warm the model,
 then start together on a signal; the wall time covers only the encoding.
 
@@ -81,8 +82,9 @@ print(json.dumps({"chunks": used.texts, "tokens": used.tokens, "wall": wall,
 """
 
 
-def measure(backend: str, procs: int, threads: int, batch: int, *, files: int) -> dict[str, Any]:
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+def measure(backend: str, procs: int, threads: int, batch: int, *, files: int, spin: bool = True
+            ) -> dict[str, Any]:
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "EMBED_SPIN_WAIT": str(spin).lower()}
     here = str(Path(__file__).resolve().parent)
     children = [subprocess.Popen(
         [sys.executable, "-c", CHILD, here, backend, str(threads), str(k), str(procs),
@@ -137,10 +139,10 @@ def report(results: dict[str, list[dict[str, Any]]], quiet: float) -> dict[str, 
             continue
         top = max(table.values(), key=lambda s: s["median"])["median"]
         print(f"\n{title}:")
-        print(f"  {'config':22} {'chunks/s':>9} {'min-max':>13} {'tokens/s':>9} {'vs best':>8} "
+        print(f"  {'config':24} {'chunks/s':>9} {'min-max':>13} {'tokens/s':>9} {'vs best':>8} "
               f"{'others':>7} {'load':>5} {'n':>3}")
         for k, s in sorted(table.items(), key=lambda kv: -kv[1]["median"]):
-            print(f"  {k:22} {s['median']:9.1f} {s['min']:6.1f}-{s['max']:<6.1f} "
+            print(f"  {k:24} {s['median']:9.1f} {s['min']:6.1f}-{s['max']:<6.1f} "
                   f"{s['tokens_per_s']:9.0f} {s['median'] / top:8.2f} {s['others']:7.2f} "
                   f"{s['load']:5.1f} {int(s['n']):3}")
         out[title] = table
@@ -159,7 +161,8 @@ def report(results: dict[str, list[dict[str, Any]]], quiet: float) -> dict[str, 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--backends", default=",".join(BACKENDS))
-    p.add_argument("--layouts", default="1x1,1x2,2x1", help="processes x threads, comma-separated")
+    p.add_argument("--layouts", default="1x1,1x2,2x1",
+                   help="processes x threads, comma-separated; suffix ns: EMBED_SPIN_WAIT=false")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--batch-sizes", default="32,8")
     p.add_argument("--files", type=int, default=10)
@@ -167,17 +170,22 @@ def main() -> None:
     p.add_argument("--json", help="also write every measurement here")
     args = p.parse_args()
     interrupt_on_sigterm()
-    configs = [(b, *map(int, lay.split("x")), int(bs)) for b in args.backends.split(",")
-               for lay in args.layouts.split(",") for bs in args.batch_sizes.split(",")]
-    name = "{} {}x{} bs{}".format
+    layouts = [(lay.removesuffix("ns"), not lay.endswith("ns")) for lay in args.layouts.split(",")]
+    configs = [(b, *map(int, lay.split("x")), int(bs), spin) for b in args.backends.split(",")
+               for lay, spin in layouts for bs in args.batch_sizes.split(",")]
+
+    def name(b: str, procs: int, threads: int, bs: int, spin: bool) -> str:
+        return f"{b} {procs}x{threads}{'' if spin else 'ns'} bs{bs}"
+
     results: dict[str, list[dict[str, Any]]] = {name(*c): [] for c in configs}
     print(f"{os.cpu_count()} CPUs; load average at start {os.getloadavg()}")
     for r in range(args.rounds):
         shift = r % len(configs)
-        for c in configs[shift:] + configs[:shift]:
-            m = measure(*c, files=args.files)
-            results[name(*c)].append(m)
-            print(f"  round {r + 1} {name(*c):22}: {m['chunks_per_s']:6.1f} chunks/s "
+        for b, procs, threads, bs, spin in configs[shift:] + configs[:shift]:
+            key = name(b, procs, threads, bs, spin)
+            m = measure(b, procs, threads, bs, files=args.files, spin=spin)
+            results[key].append(m)
+            print(f"  round {r + 1} {key:24}: {m['chunks_per_s']:6.1f} chunks/s "
                   f"{m['tokens_per_s']:6.0f} tokens/s ({m['chunks']} chunks in {m['wall']:.1f} s, "
                   f"padding {m['padding']:.3f}; other work {m['other_cores']:.2f} cores, "
                   f"load avg {m['loadavg_1m']:.1f})", flush=True)

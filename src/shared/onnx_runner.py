@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 class OnnxRunner:
     """Tokenize with the model's tokenizer.json, run the graph, mean-pool, L2-normalise."""
 
-    def __init__(self, model_dir: Path, graph: Path, *, threads: int):
+    def __init__(self, model_dir: Path, graph: Path, *, threads: int, spin_wait: bool = True):
         import onnxruntime as ort
         from tokenizers import Tokenizer
 
@@ -32,6 +32,7 @@ class OnnxRunner:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", str(int(spin_wait)))
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3

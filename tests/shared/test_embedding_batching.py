@@ -113,3 +113,18 @@ def test_empty_and_single(embedders: dict[str, Embedder]) -> None:
         one = e.encode(["ok"], batch_size=8)
         assert one.shape == (1, 384)
         assert np.allclose(np.linalg.norm(one, axis=1), 1.0, atol=1e-4)
+
+
+def test_spin_wait_off_reaches_onnxruntime_and_changes_no_vector(
+    embedders: dict[str, Embedder],
+) -> None:
+    settings = load_settings(embedding_backend="onnx", embed_spin_wait=False)
+    quiet = load_embedder(settings, 1)
+    entry = "session.intra_op.allow_spinning"
+    options = quiet.runner.session.get_session_options()  # type: ignore[attr-defined]
+    assert options.get_session_config_entry(entry) == "0"
+    default = embedders["onnx"].runner.session.get_session_options()  # type: ignore[attr-defined]
+    assert default.get_session_config_entry(entry) == "1"
+    texts = _mixed_texts()[:6]
+    assert np.abs(quiet.encode(texts, batch_size=8)
+                  - embedders["onnx"].encode(texts, batch_size=8)).max() < FP32_ATOL
