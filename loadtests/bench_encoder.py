@@ -86,12 +86,13 @@ def measure(backend: str, procs: int, threads: int, batch: int, *, files: int, s
             ) -> dict[str, Any]:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "EMBED_SPIN_WAIT": str(spin).lower()}
     here = str(Path(__file__).resolve().parent)
-    children = [subprocess.Popen(
-        [sys.executable, "-c", CHILD, here, backend, str(threads), str(k), str(procs),
-         str(files), str(batch)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
-        for k in range(procs)]
-    try:
+    children: list[subprocess.Popen[str]] = []
+    try:  # started inside the try: an interrupt between two starts still stops the first
+        for k in range(procs):
+            children.append(subprocess.Popen(
+                [sys.executable, "-c", CHILD, here, backend, str(threads), str(k), str(procs),
+                 str(files), str(batch)],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env))
         for c in children:
             assert c.stdout is not None
             line = c.stdout.readline()
