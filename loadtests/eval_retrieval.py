@@ -129,7 +129,9 @@ def embed_all(backend: str, settings: Settings, chunks: list[str], queries: list
               use_cache: bool = True) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
     """(chunk vectors, query vectors, facts): chunks in EMBED_BATCH_SIZE batches, queries one by one."""
     s = settings.model_copy(update={"embedding_backend": backend})
-    key = hashlib.sha256(json.dumps([backend, s.embed_batch_size, chunks, queries]).encode())
+    # "grouped": encode batches texts by length since issue 19, which moves int8 vectors.
+    key = hashlib.sha256(json.dumps([backend, s.embed_batch_size, "grouped", chunks, queries]
+                                    ).encode())
     if backend != "torch":
         from shared.embedding_onnx import fingerprint
 
