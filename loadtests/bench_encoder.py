@@ -78,7 +78,7 @@ for chunks in files:
 wall = time.perf_counter() - t
 used = e.stats.minus(before)
 print(json.dumps({"chunks": used.texts, "tokens": used.tokens, "wall": wall,
-                  "padding": used.padding_ratio}), flush=True)
+                  "padded": used.padded_tokens}), flush=True)
 """
 
 
@@ -111,7 +111,7 @@ def measure(backend: str, procs: int, threads: int, batch: int, *, files: int, s
             c.wait()
     chunks, tokens = sum(o["chunks"] for o in outs), sum(o["tokens"] for o in outs)
     return {"chunks_per_s": chunks / cpu.wall, "tokens_per_s": tokens / cpu.wall,
-            "padding": statistics.fmean(o["padding"] for o in outs), "wall": cpu.wall,
+            "padding": sum(o["padded"] for o in outs) / max(tokens, 1), "wall": cpu.wall,
             "chunks": chunks, "loadavg_1m": cpu.load0, "our_cores": cpu.ours,
             "other_cores": cpu.others}
 
@@ -166,7 +166,7 @@ def main() -> None:
                    help="processes x threads, comma-separated; suffix ns: EMBED_SPIN_WAIT=false")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--batch-sizes", default="32,8")
-    p.add_argument("--files", type=int, default=10)
+    p.add_argument("--files", type=int, default=10, help="at least the largest process count")
     p.add_argument("--quiet", type=float, default=0.25)
     p.add_argument("--json", help="also write every measurement here")
     args = p.parse_args()
