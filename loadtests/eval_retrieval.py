@@ -142,10 +142,12 @@ def embed_all(backend: str, settings: Settings, chunks: list[str], queries: list
               use_cache: bool = True) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
     """(chunk vectors, query vectors, facts): chunks in EMBED_BATCH_SIZE batches, queries one by one."""
     s = settings.model_copy(update={"embedding_backend": backend})
-    key = hashlib.sha256(json.dumps([backend, s.embed_batch_size, chunks, queries]).encode())
-    if backend != "torch":
-        from shared.embedding_onnx import fingerprint
+    # "grouped": encode batches texts by length since issue 19, which moves int8 vectors.
+    key = hashlib.sha256(json.dumps([backend, s.embed_batch_size, "grouped", chunks, queries]
+                                    ).encode())
+    from shared.embedding_onnx import fingerprint
 
+    if backend != "torch":
         key.update(fingerprint(model_path(s)).encode())
     cache = CACHE / f"eval-emb-{backend}-{key.hexdigest()[:16]}.npz"
     if use_cache and cache.exists():
@@ -157,11 +159,24 @@ def embed_all(backend: str, settings: Settings, chunks: list[str], queries: list
     t = time.perf_counter()
     cv = embedder.encode(chunks, batch_size=s.embed_batch_size)
     chunk_s = time.perf_counter() - t
+    # Queries (encoded one at a time, like the webui) do not depend on CHUNK_SIZE: cached
+    # on their own, so a sweep over chunk sizes encodes them once per backend.
+    qkey = hashlib.sha256(json.dumps([backend, queries]).encode())
+    if backend != "torch":
+        qkey.update(fingerprint(model_path(s)).encode())
+    qcache = CACHE / f"eval-queries-{backend}-{qkey.hexdigest()[:16]}.npz"
     t = time.perf_counter()
-    qv = np.stack([embedder.encode_query(q) for q in queries])
+    queries_cached = use_cache and qcache.exists()
+    if queries_cached:
+        qv = np.load(qcache)["queries"]
+    else:
+        qv = np.stack([embedder.encode_query(q) for q in queries])
+        CACHE.mkdir(parents=True, exist_ok=True)
+        np.savez(qcache, queries=qv)
     query_s = time.perf_counter() - t
     facts = {"threads": threads, "chunks_per_s": len(chunks) / chunk_s,
-             "query_ms": 1000 * query_s / len(queries), "load_s": embedder.load_seconds,
+             "query_ms": float("nan") if queries_cached else 1000 * query_s / len(queries),
+             "load_s": embedder.load_seconds,
              "loadavg_1m": os.getloadavg()[0]}
     CACHE.mkdir(parents=True, exist_ok=True)
     np.savez(cache, chunks=cv, queries=qv, facts=json.dumps(facts))

@@ -306,8 +306,10 @@ def _check(model_dir: Path, graph: Path, ref: np.ndarray, *, quantized: bool) ->
 class OnnxEmbedder(Embedder):
     """The `onnx` / `onnx-int8` backend behind the `Embedder` interface."""
 
-    def __init__(self, path: Path, *, threads: int, quantized: bool, cache_dir: Path):
+    def __init__(self, path: Path, *, threads: int, quantized: bool, cache_dir: Path,
+                 spin_wait: bool = True):
         self.backend = "onnx-int8" if quantized else "onnx"
+        self.spin_wait = spin_wait
         self.quantized = quantized
         self.cache_dir = cache_dir
         super().__init__(path, threads=threads)
@@ -318,8 +320,13 @@ class OnnxEmbedder(Embedder):
         started = time.perf_counter()
         self.graph, self.built = ensure_graph(self.path, self.cache_dir, quantized=self.quantized)
         self.build_seconds = time.perf_counter() - started
-        self.runner = OnnxRunner(self.path, self.graph, threads=self.threads)
+        self.runner = OnnxRunner(self.path, self.graph, threads=self.threads,
+                                 spin_wait=self.spin_wait)
         self.max_seq_length, self.dim = self.runner.max_seq_length, self.runner.dim
 
-    def _encode_batch(self, batch: list[str]) -> np.ndarray:
-        return self.runner.embed(batch)
+    def _tokenize(self, texts: list[str]) -> tuple[list[Any], list[int]]:
+        encodings = self.runner.tokenize(texts)
+        return list(encodings), [len(e.ids) for e in encodings]
+
+    def _run(self, batch: list[Any]) -> np.ndarray:
+        return self.runner.run(batch)

@@ -19,5 +19,6 @@ def load_embedder(settings: Settings, threads: int) -> Embedder:
     if backend == "torch":
         return Embedder(path, threads=threads)
     return OnnxEmbedder(
-        path, threads=threads, quantized=backend == "onnx-int8", cache_dir=onnx_cache_dir(settings)
+        path, threads=threads, quantized=backend == "onnx-int8", cache_dir=onnx_cache_dir(settings),
+        spin_wait=settings.embed_spin_wait,
     )

@@ -115,6 +115,10 @@ class Settings(BaseSettings):
     chunk_overlap: int = Field(default=32, ge=0, le=4_096)
     embed_batch_size: int = Field(default=32, ge=1, le=1_024)
     embed_threads: int = Field(default=0, ge=0, le=256, description="0 = from the CPUs given")
+    # onnxruntime's threads spin-wait between operators (its default). On CPUs shared
+    # with other work (the webui, Postgres, a CPU quota) the spinning takes time they
+    # need; `make bench-encoder --layouts 1x2,1x2ns` measures both.
+    embed_spin_wait: bool = True
     parse_timeout: float = Field(default=120.0, gt=0, le=3_600)
     parse_memory_mb: int = Field(default=1024, ge=128, le=65_536)
 
