@@ -7,7 +7,7 @@ WORKERS ?= 1
 PORT ?= 8000
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install system-deps run test check bench eval loadtest clean
+.PHONY: install system-deps run test check bench bench-encoder eval compare loadtest clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,9 +35,17 @@ check: install
 bench: install
 	$(PY) loadtests/bench_pipeline.py
 
+# The encoder alone: backend x (processes x threads), several rounds, medians, load recorded.
+bench-encoder: install
+	$(PY) loadtests/bench_encoder.py
+
 # Retrieval quality (recall@10, MRR, HNSW vs exact) per EMBEDDING_BACKEND.
 eval: install
 	$(PY) loadtests/eval_retrieval.py
+
+# The same burst against Open WebUI (own venv, built on first use) and Sluice; not in `make test`.
+compare: install
+	$(PY) loadtests/compare_owui.py $(COMPARE_ARGS)
 
 loadtest: install
 	$(PY) loadtests/local_proof.py --workers $(WORKERS)

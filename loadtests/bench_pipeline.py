@@ -7,12 +7,17 @@ onnx, onnx-int8), in one run, on the same chunks:
 
 - raw: the worker's Chunker splits the 10 files in this process; the backend's
   embedder (same EMBED_BATCH_SIZE, and the thread count a lone worker gets:
-  `embed_threads(settings, 1)`) encodes all of those chunks; chunks/s.
+  `embed_threads(settings, 1)`) encodes all of those chunks; chunks/s, tokens/s
+  and the padding ratio (tokens the model computed ÷ real tokens), with batches
+  grouped by token length (what `encode` does) and, as a baseline in the same
+  round, in input order (`raw-inorder`).
 - end-to-end: embedded Postgres + Redis (loadtests/stack.py, started once) and,
   per backend, `sluice webui` + one `sluice worker` with EMBEDDING_BACKEND set;
   the 10 files are uploaded through the API by a fresh user; chunks/s = chunks
   stored ÷ (last file's `finished_at` − the first upload's start). The stack is
   stopped before the next backend starts (the raw runs happen with no stack up).
+  Its padding ratio is computed from the chunks (the worker encodes one file's
+  chunks per call, grouped by length), not measured in the worker.
 
 Printed: raw and e2e chunks/s per backend, e2e/raw for the same backend (the
 pipeline's overhead; issue 2 asks ≥ 0.8 with one worker), and each as a share
@@ -28,6 +33,7 @@ a 2-core machine changes these numbers by 2× or more.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import json
 import logging
@@ -41,14 +47,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from eval_retrieval import load_set
-from stack import App, Servers, app_env, create_users, free_port
+from meter import CpuMeter
+from stack import App, Servers, app_env, create_users, free_port, interrupt_on_sigterm
 
 from shared.embedding import BACKENDS, embed_threads, model_path
 from shared.encoders import load_embedder
@@ -57,48 +63,6 @@ from shared.settings import Settings
 log = logging.getLogger("loadtest.bench")
 _PROCESSED = re.compile(r"file\.processed .* chunks=(\d+) parse=([\d.]+)s chunk=([\d.]+)s "
                         r"embed=([\d.]+)s store=([\d.]+)s")
-
-
-class CpuMeter:
-    """How much CPU *other* work took during a measurement: the machine's busy time
-    (/proc/stat) minus that of this process, its children (webui, worker, parser
-    children) and the embedded servers, all with their reaped children."""
-
-    def __init__(self, servers: Servers | None = None):
-        self.roots = [os.getpid()]
-        if servers is not None:
-            self.roots += [pid for pid in (servers.pg.pid, servers.redis.pid) if pid]
-
-    @staticmethod
-    def _machine_busy() -> float:
-        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
-        return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
-
-    def _ours(self) -> float:
-        total = 0.0
-        for root in self.roots:
-            try:
-                procs = [psutil.Process(root)]
-                procs += procs[0].children(recursive=True)
-            except psutil.NoSuchProcess:
-                continue
-            for proc in procs:
-                try:
-                    t = proc.cpu_times()
-                except psutil.NoSuchProcess:
-                    continue  # exited meanwhile: its time moves to its parent's children_*
-                total += t.user + t.system + t.children_user + t.children_system
-        return total
-
-    def __enter__(self) -> CpuMeter:
-        self.t0, self.busy0, self.ours0 = time.perf_counter(), self._machine_busy(), self._ours()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.wall = time.perf_counter() - self.t0
-        self.ours = (self._ours() - self.ours0) / self.wall
-        self.others = max(0.0, (self._machine_busy() - self.busy0) / self.wall - self.ours)
 
 
 def corpus(n_files: int) -> list[tuple[str, str]]:
@@ -110,31 +74,50 @@ def corpus(n_files: int) -> list[tuple[str, str]]:
     return [(f"bench-{k:02d}.txt", "\n\n".join(g)) for k, g in enumerate(groups)]
 
 
-def chunk_texts(files: list[tuple[str, str]], settings: Settings) -> list[str]:
-    """What the worker will embed: its text normalisation, Chunker and settings (kind: text)."""
+def chunk_files(files: list[tuple[str, str]], settings: Settings) -> list[list[str]]:
+    """What the worker will embed, per file: its text normalisation, Chunker and settings."""
     from worker.pipeline.chunk import Chunker
     from worker.pipeline.parse import normalize_text
 
     chunker = Chunker(model_path(settings) / "tokenizer.json", chunk_size=settings.chunk_size,
                       overlap=settings.chunk_overlap, model_max=256)
-    return [c.text for _, text in files for c in chunker.split(normalize_text(text), "text")]
+    return [[c.text for c in chunker.split(normalize_text(text), "text")] for _, text in files]
 
 
-def raw_rate(backend: str, settings: Settings, chunks: list[str]) -> dict[str, float]:
+def token_lengths(texts: list[str], settings: Settings) -> list[int]:
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(model_path(settings) / "tokenizer.json"))
+    tok.enable_truncation(max_length=256)
+    tok.no_padding()
+    return [len(e.ids) for e in tok.encode_batch(texts)]
+
+
+def padded_tokens(lengths: list[int], batch: int, grouped: bool = True) -> int:
+    """Tokens the model computes for one encode() call: each batch padded to its longest."""
+    order = sorted(lengths, reverse=True) if grouped else lengths
+    return sum(max(order[s : s + batch]) * len(order[s : s + batch])
+               for s in range(0, len(order), batch))
+
+
+def raw_rate(backend: str, settings: Settings, chunks: list[str], grouped: bool = True
+             ) -> dict[str, float]:
     s = settings.model_copy(update={"embedding_backend": backend})
     threads = embed_threads(s, 1)
     embedder = load_embedder(s, threads)
     embedder.warm_up()
-    load = os.getloadavg()[0]
+    before = dataclasses.replace(embedder.stats)
     with CpuMeter() as cpu:
-        embedder.encode(chunks, batch_size=s.embed_batch_size)
+        embedder.encode(chunks, batch_size=s.embed_batch_size, group_by_length=grouped)
+    used = embedder.stats.minus(before)
     del embedder
-    return {"chunks_per_s": len(chunks) / cpu.wall, "seconds": cpu.wall, "threads": threads,
-            "loadavg_1m": load, "our_cores": cpu.ours, "other_cores": cpu.others}
+    return {"chunks_per_s": len(chunks) / cpu.wall, "tokens_per_s": used.tokens / cpu.wall,
+            "padding": used.padding_ratio, "seconds": cpu.wall, "threads": threads,
+            "loadavg_1m": cpu.load0, "our_cores": cpu.ours, "other_cores": cpu.others}
 
 
 def e2e_rate(backend: str, servers: Servers, root: Path, files: list[tuple[str, str]],
-             expected_chunks: int, round_no: int) -> dict[str, Any]:
+             expected_chunks: int, round_no: int, tokens: int) -> dict[str, Any]:
     label = f"{backend}-r{round_no}"
     env = app_env(servers, root / label / "uploads", {"EMBEDDING_BACKEND": backend})
     app = App(env, workers=1, log_dir=root / label / "logs", port=free_port())
@@ -147,7 +130,8 @@ def e2e_rate(backend: str, servers: Servers, root: Path, files: list[tuple[str, 
         load = os.getloadavg()[0]
         with httpx.Client(base_url=app.url, headers={"Authorization": f"Bearer {key}"},
                           timeout=60) as client:
-            meter = CpuMeter(servers).__enter__()
+            roots = [os.getpid()] + [p for p in (servers.pg.pid, servers.redis.pid) if p]
+            meter = CpuMeter(roots).__enter__()
             started = time.time()
             for name, text in files:
                 r = client.post("/api/v1/files",
@@ -186,7 +170,8 @@ def e2e_rate(backend: str, servers: Servers, root: Path, files: list[tuple[str, 
         for m in _PROCESSED.finditer(log_text):
             for i, stage in enumerate(stages, 2):
                 stages[stage] += float(m.group(i))
-        return {"chunks_per_s": chunks / elapsed, "seconds": elapsed, "upload_s": uploaded,
+        return {"chunks_per_s": chunks / elapsed, "tokens_per_s": tokens / elapsed,
+                "seconds": elapsed, "upload_s": uploaded,
                 "chunks": chunks, "worker_threads": int(facts.get(b"embed_threads", 0)),
                 "worker_backend": facts.get(b"embedding_backend", b"").decode(),
                 "stages_s": stages, "loadavg_1m": load, "our_cores": meter.ours,
@@ -204,9 +189,12 @@ def main() -> None:
     p.add_argument("--json", help="also write the raw results here")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    interrupt_on_sigterm()
     backends = args.backends.split(",")
     files = corpus(args.files)
-    results: dict[str, dict[str, list[dict[str, Any]]]] = {b: {"raw": [], "e2e": []} for b in backends}
+    modes = ("raw", "raw-inorder", "e2e")
+    results: dict[str, dict[str, list[dict[str, Any]]]] = {
+        b: {m: [] for m in modes} for b in backends}
     with tempfile.TemporaryDirectory(prefix="sluice-bench-") as tmp:
         root = Path(tmp)
         os.chmod(root, 0o755)  # the embedded server may run as another user
@@ -214,26 +202,38 @@ def main() -> None:
         servers.start()
         try:
             settings = servers.settings()
-            chunks = chunk_texts(files, settings)
+            per_file = chunk_files(files, settings)
+            chunks = [c for f in per_file for c in f]
+            lengths = [token_lengths(f, settings) for f in per_file]
+            tokens = sum(map(sum, lengths))
+            batch = settings.embed_batch_size
+            e2e_padding = sum(padded_tokens(n, batch) for n in lengths) / tokens
             print(f"corpus: {len(files)} files, {sum(len(t) for _, t in files) // 1000} KB of real "
-                  f"text (stdlib docstrings) -> {len(chunks)} chunks (CHUNK_SIZE="
-                  f"{settings.chunk_size}, EMBED_BATCH_SIZE={settings.embed_batch_size})")
+                  f"text (stdlib docstrings) -> {len(chunks)} chunks, {tokens} tokens (CHUNK_SIZE="
+                  f"{settings.chunk_size}, EMBED_BATCH_SIZE={batch}); padding per file, grouped "
+                  f"{e2e_padding:.3f}, in input order "
+                  f"{sum(padded_tokens(n, batch, False) for n in lengths) / tokens:.3f}")
             for r in range(args.rounds):
                 for b in backends:
-                    raw = raw_rate(b, settings, chunks)
-                    results[b]["raw"].append(raw)
-                    print(f"  round {r + 1} {b:9} raw {raw['chunks_per_s']:6.1f} chunks/s "
-                          f"({raw['threads']} threads; other work used {raw['other_cores']:.2f} "
-                          f"cores, load avg {raw['loadavg_1m']:.1f})", flush=True)
-                    e2e = e2e_rate(b, servers, root, files, len(chunks), r)
+                    for mode, grouped in (("raw", True), ("raw-inorder", False)):
+                        raw = raw_rate(b, settings, chunks, grouped)
+                        results[b][mode].append(raw)
+                        print(f"  round {r + 1} {b:9} {mode:11} {raw['chunks_per_s']:6.1f} chunks/s "
+                              f"{raw['tokens_per_s']:6.0f} tokens/s padding {raw['padding']:.3f} "
+                              f"({raw['threads']} threads; other work used "
+                              f"{raw['other_cores']:.2f} cores, load avg {raw['loadavg_1m']:.1f})",
+                              flush=True)
+                    e2e = e2e_rate(b, servers, root, files, len(chunks), r, tokens)
+                    e2e["padding"] = e2e_padding
                     results[b]["e2e"].append(e2e)
                     st = e2e["stages_s"]
-                    print(f"  round {r + 1} {b:9} e2e {e2e['chunks_per_s']:6.1f} chunks/s "
-                          f"({e2e['chunks']} chunks in {e2e['seconds']:.1f} s; worker: "
-                          f"{e2e['worker_backend']}, {e2e['worker_threads']} threads; stages "
-                          f"parse {st['parse']:.1f} chunk {st['chunk']:.1f} embed {st['embed']:.1f} "
-                          f"store {st['store']:.1f} s; other work used {e2e['other_cores']:.2f} "
-                          f"cores, load avg {e2e['loadavg_1m']:.1f})", flush=True)
+                    print(f"  round {r + 1} {b:9} {'e2e':11} {e2e['chunks_per_s']:6.1f} chunks/s "
+                          f"{e2e['tokens_per_s']:6.0f} tokens/s ({e2e['chunks']} chunks in "
+                          f"{e2e['seconds']:.1f} s; worker: {e2e['worker_backend']}, "
+                          f"{e2e['worker_threads']} threads; stages parse {st['parse']:.1f} chunk "
+                          f"{st['chunk']:.1f} embed {st['embed']:.1f} store {st['store']:.1f} s; "
+                          f"other work used {e2e['other_cores']:.2f} cores, load avg "
+                          f"{e2e['loadavg_1m']:.1f})", flush=True)
         finally:
             servers.stop()
     print_table(results)
@@ -243,26 +243,32 @@ def main() -> None:
 
 def print_table(results: dict[str, dict[str, list[dict[str, Any]]]], quiet: float = 0.25) -> None:
     """Medians over all rounds; then over the quiet measurements only (other work used
-    less than `quiet` cores), where there are any for every backend."""
+    less than `quiet` cores), where there are any for every backend and mode."""
     def table(title: str, keep: Any) -> None:
-        med: dict[str, dict[str, float]] = {}
+        med: dict[str, dict[str, dict[str, float]]] = {}
         for b, r in results.items():
-            picked = {k: [x["chunks_per_s"] for x in v if keep(x)] for k, v in r.items()}
+            picked = {mode: [x for x in v if keep(x)] for mode, v in r.items()}
             if not all(picked.values()):
                 return
-            med[b] = {k: statistics.median(v) for k, v in picked.items()}
-            med[b]["n"] = min(len(v) for v in picked.values())
-        fastest = max(med, key=lambda b: med[b]["raw"])
-        top = med[fastest]["raw"]
+            med[b] = {mode: {k: statistics.median(x[k] for x in v)
+                             for k in ("chunks_per_s", "tokens_per_s", "padding")}
+                      for mode, v in picked.items()}
+            med[b]["n"] = {"n": min(len(v) for v in picked.values())}
+        fastest = max(med, key=lambda b: med[b]["raw"]["chunks_per_s"])
+        top = med[fastest]["raw"]["chunks_per_s"]
         print(f"\n{title}; fastest raw backend: {fastest}")
-        print(f"  {'backend':9} {'raw':>7} {'e2e':>7} {'e2e/raw':>8} {'raw/fastest':>12} "
-              f"{'e2e/fastest':>12} {'n':>3}")
+        print(f"  {'':9} {'raw (grouped by length)':>24} {'raw, input order':>24} "
+              f"{'end to end (1 worker)':>24}")
+        print(f"  {'backend':9}" + f" {'chunks/s':>8} {'tok/s':>7} {'pad':>6}" * 3
+              + f" {'e2e/raw':>8} {'raw/fastest':>12} {'n':>3}")
         for b, m in med.items():
-            print(f"  {b:9} {m['raw']:7.1f} {m['e2e']:7.1f} {m['e2e'] / m['raw']:8.2f} "
-                  f"{m['raw'] / top:12.2f} {m['e2e'] / top:12.2f} {int(m['n']):3}")
+            cells = "".join(f" {m[mode]['chunks_per_s']:8.1f} {m[mode]['tokens_per_s']:7.0f} "
+                            f"{m[mode]['padding']:6.3f}" for mode in ("raw", "raw-inorder", "e2e"))
+            print(f"  {b:9}{cells} {m['e2e']['chunks_per_s'] / m['raw']['chunks_per_s']:8.2f} "
+                  f"{m['raw']['chunks_per_s'] / top:12.2f} {int(m['n']['n']):3}")
 
-    table("chunks/s, median of every round", lambda x: True)
-    table(f"chunks/s, median of the quiet measurements (other work < {quiet} cores)",
+    table("median of every round", lambda x: True)
+    table(f"median of the quiet measurements (other work < {quiet} cores)",
           lambda x: x["other_cores"] < quiet)
 
 

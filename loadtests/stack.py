@@ -29,6 +29,15 @@ log = logging.getLogger("loadtest.stack")
 SETTING_NAMES = {name.upper() for name in Settings.model_fields}
 
 
+def interrupt_on_sigterm() -> None:
+    """SIGTERM (e.g. from `timeout`) unwinds like Ctrl-C, so `finally` blocks stop the servers
+    and children a script started; by default Python would exit without running them."""
+    def _raise(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _raise)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -19,7 +19,9 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -72,11 +74,39 @@ def embed_threads(settings: Settings, processes_sharing_cpus: int = 1) -> int:
     return max(1, int(cpu_quota() // max(processes_sharing_cpus, 1)))
 
 
+@dataclass
+class EncodeStats:
+    """Running totals of what `Embedder.encode` fed the model (for benchmarks and logs).
+
+    `tokens` are the texts' real tokens (truncated at max_seq_length);
+    `padded_tokens` what the model computed: each batch is padded to its longest
+    text. Their ratio is the work wasted on padding.
+    """
+
+    texts: int = 0
+    batches: int = 0
+    tokens: int = 0
+    padded_tokens: int = 0
+    seconds: float = 0.0
+
+    @property
+    def padding_ratio(self) -> float:
+        return self.padded_tokens / self.tokens if self.tokens else 1.0
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.seconds if self.seconds else 0.0
+
+    def minus(self, before: EncodeStats) -> EncodeStats:
+        return EncodeStats(*(getattr(self, f) - getattr(before, f) for f in
+                             ("texts", "batches", "tokens", "padded_tokens", "seconds")))
+
+
 class Embedder:
     """The interface every backend implements, and the torch backend itself.
 
     `Embedder(path, threads=n)` is the torch (sentence-transformers) backend;
-    `shared.embedding_onnx.OnnxEmbedder` overrides `_load` and `_encode_batch`.
+    `shared.embedding_onnx.OnnxEmbedder` overrides `_load`, `_tokenize` and `_run`.
     Use `shared.encoders.load_embedder(settings, threads)` to get the configured one.
     """
 
@@ -86,6 +116,7 @@ class Embedder:
         self.path = path
         self.name = model_name(path)
         self.threads = threads
+        self.stats = EncodeStats()
         started = time.perf_counter()
         self._load(device)
         self.load_seconds = time.perf_counter() - started
@@ -93,6 +124,7 @@ class Embedder:
     def _load(self, device: str) -> None:
         import torch
         from sentence_transformers import SentenceTransformer
+        from tokenizers import Tokenizer
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
@@ -100,8 +132,18 @@ class Embedder:
         self.model = SentenceTransformer(str(self.path), device=device, local_files_only=True)
         self.max_seq_length = int(self.model.max_seq_length or 256)
         self.dim = int(self.model.get_embedding_dimension() or 0)
+        # Only to measure lengths (to group texts): sentence-transformers tokenizes
+        # again in encode(); the Rust tokenizer is cheap next to the model.
+        self._length_tokenizer = Tokenizer.from_file(str(self.tokenizer_file))
+        self._length_tokenizer.enable_truncation(max_length=self.max_seq_length)
+        self._length_tokenizer.no_padding()
 
-    def _encode_batch(self, batch: list[str]) -> np.ndarray:
+    def _tokenize(self, texts: list[str]) -> tuple[list[Any], list[int]]:
+        """(what `_run` takes per text, each text's token count after truncation)."""
+        lengths = [len(e.ids) for e in self._length_tokenizer.encode_batch(texts)]
+        return list(texts), lengths
+
+    def _run(self, batch: list[Any]) -> np.ndarray:
         out: np.ndarray = self.model.encode(
             batch, batch_size=len(batch), normalize_embeddings=True,
             convert_to_numpy=True, show_progress_bar=False,
@@ -131,13 +173,33 @@ class Embedder:
         *,
         batch_size: int,
         on_batch: Callable[[int, int], None] | None = None,
+        group_by_length: bool = True,
     ) -> np.ndarray:
-        """Normalised embeddings, batch by batch so progress can be reported."""
-        out: list[np.ndarray] = []
-        for start in range(0, len(texts), batch_size):
-            out.append(self._encode_batch(list(texts[start : start + batch_size])))
-            if on_batch is not None:
-                on_batch(min(start + batch_size, len(texts)), len(texts))
-        if not out:
+        """Normalised embeddings of `texts`, in their order, computed batch by batch.
+
+        Batches are formed from texts of similar token length (longest first), so
+        that padding each batch to its longest text wastes little work; the result
+        is put back in input order. `on_batch(done, total)` after each batch counts
+        texts embedded so far. `group_by_length=False` batches in input order (to
+        measure what grouping saves).
+        """
+        total = len(texts)
+        if total == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
-        return np.concatenate(out).astype(np.float32, copy=False)
+        started = time.perf_counter()
+        items, lengths = self._tokenize(list(texts))
+        sizes = np.asarray(lengths, dtype=np.int64)
+        # Stable, so texts of equal length keep their relative order (deterministic batches).
+        order = np.argsort(-sizes, kind="stable") if group_by_length else np.arange(total)
+        out = np.empty((total, self.dim), dtype=np.float32)
+        for start in range(0, total, batch_size):
+            picked = order[start : start + batch_size]
+            out[picked] = self._run([items[i] for i in picked])
+            self.stats.batches += 1
+            self.stats.padded_tokens += int(sizes[picked].max()) * len(picked)
+            if on_batch is not None:
+                on_batch(min(start + batch_size, total), total)
+        self.stats.texts += total
+        self.stats.tokens += int(sizes.sum())
+        self.stats.seconds += time.perf_counter() - started
+        return out

@@ -321,5 +321,9 @@ class OnnxEmbedder(Embedder):
         self.runner = OnnxRunner(self.path, self.graph, threads=self.threads)
         self.max_seq_length, self.dim = self.runner.max_seq_length, self.runner.dim
 
-    def _encode_batch(self, batch: list[str]) -> np.ndarray:
-        return self.runner.embed(batch)
+    def _tokenize(self, texts: list[str]) -> tuple[list[Any], list[int]]:
+        encodings = self.runner.tokenize(texts)
+        return list(encodings), [len(e.ids) for e in encodings]
+
+    def _run(self, batch: list[Any]) -> np.ndarray:
+        return self.runner.run(batch)

@@ -6,8 +6,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from tokenizers import Encoding
 
 
 class OnnxRunner:
@@ -19,13 +23,12 @@ class OnnxRunner:
 
         self.max_seq_length, self.dim = model_facts(model_dir)
         self.tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
-        # tokenizer.json ships with truncation at 128 and fixed padding: override both
-        # to what sentence-transformers does (truncate at max_seq_length, pad per batch).
+        # tokenizer.json ships with truncation at 128 and fixed padding: truncate at
+        # max_seq_length as sentence-transformers does, and pad per batch ourselves
+        # (`run`), so that `tokenize` reports each text's real length.
         self.tokenizer.enable_truncation(max_length=self.max_seq_length)
-        pad = self.tokenizer.padding or {}
-        self.tokenizer.enable_padding(
-            pad_id=int(pad.get("pad_id", 0)), pad_token=str(pad.get("pad_token", "[PAD]")),
-        )
+        self.pad_id = int((self.tokenizer.padding or {}).get("pad_id", 0))
+        self.tokenizer.no_padding()
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
@@ -37,14 +40,21 @@ class OnnxRunner:
         )
         self.inputs = [i.name for i in self.session.get_inputs()]
 
-    def embed(self, texts: list[str]) -> np.ndarray:
-        encodings = self.tokenizer.encode_batch(texts, add_special_tokens=True)
-        mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
-        feeds = {
-            "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
-            "attention_mask": mask,
-            "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64),
-        }
+    def tokenize(self, texts: list[str]) -> list[Encoding]:
+        """Token ids per text, truncated at max_seq_length, not padded."""
+        encodings: list[Encoding] = self.tokenizer.encode_batch(texts, add_special_tokens=True)
+        return encodings
+
+    def run(self, encodings: list[Encoding]) -> np.ndarray:
+        """Embeddings of a batch of tokenized texts, padded to the batch's longest."""
+        width = max(len(e.ids) for e in encodings)
+        ids = np.full((len(encodings), width), self.pad_id, dtype=np.int64)
+        mask = np.zeros((len(encodings), width), dtype=np.int64)
+        types = np.zeros((len(encodings), width), dtype=np.int64)
+        for row, e in enumerate(encodings):
+            n = len(e.ids)
+            ids[row, :n], mask[row, :n], types[row, :n] = e.ids, e.attention_mask, e.type_ids
+        feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
         hidden: np.ndarray = self.session.run(
             None, {k: v for k, v in feeds.items() if k in self.inputs}
         )[0]
@@ -53,6 +63,9 @@ class OnnxRunner:
         norms = np.linalg.norm(pooled, axis=1, keepdims=True)
         out: np.ndarray = (pooled / np.clip(norms, 1e-12, None)).astype(np.float32)
         return out
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        return self.run(self.tokenize(texts))
 
 
 def model_facts(model_dir: Path) -> tuple[int, int]:
