@@ -20,10 +20,12 @@ from shared.redis_pool import create_async_redis, create_redis
 from shared.settings import Settings, get_settings
 from webui.errors import install_error_handlers
 from webui.events import EventHub
+from webui.loader import LoaderGate
+from webui.openai_compat import EmbeddingPool
 from webui.query_encoder import QueryEncoder
-from webui.routes import admin, collections, events, files, health, me, page, search
+from webui.routes import admin, collections, events, files, health, me, openwebui, page, search
 from webui.search import column_text_config
-from webui.state import AppState
+from webui.state import AppState, OpenWebUIParts
 
 log = logging.getLogger("sluice.webui")
 
@@ -51,6 +53,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             settings=settings, engine=engine, session_factory=async_session_factory(engine),
             redis=redis, aredis=aredis, queue=make_queue(redis, settings), embedder=embedder,
             query_encoder=encoder, text_config=text_config, events=hub,
+            openwebui=OpenWebUIParts(EmbeddingPool(embedder, settings),
+                                     LoaderGate(settings.loader_concurrency)),
         )
         metrics = process_metrics(
             registry, engine=engine.sync_engine, db_limit=pool_limit(settings, "webui"),
@@ -83,6 +87,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(admin.router, prefix=api)
     app.include_router(collections.router, prefix=api)
     app.include_router(collections.admin_router, prefix=api)
+    app.include_router(openwebui.router)
     app.include_router(page.router)
     app.include_router(health.router)
     Instrumentator(registry=registry).instrument(app).expose(

@@ -13,7 +13,16 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from shared.embedding import Embedder
 from shared.settings import Settings
 from webui.events import EventHub
+from webui.loader import LoaderGate
+from webui.openai_compat import EmbeddingPool
 from webui.query_encoder import QueryEncoder
+
+
+@dataclass
+class OpenWebUIParts:
+    """Admission for the Open WebUI endpoints (routes/openwebui.py)."""
+    embeddings: EmbeddingPool
+    loader: LoaderGate
 
 
 @dataclass
@@ -30,3 +39,4 @@ class AppState:
     query_encoder: QueryEncoder
     text_config: str  # the regconfig chunks.tsv was generated with (webui/search.py)
     events: EventHub  # the one pub/sub subscription of this process
+    openwebui: OpenWebUIParts
