@@ -16,7 +16,19 @@ from typing import Any
 
 from fastapi import FastAPI
 
-TOOL_OPERATIONS = {"search", "list_collections", "list_collection_files"}
+# What a model reads when choosing a tool: when to call it and what comes back.
+TOOL_OPERATIONS = {
+    "search": (
+        "Search the user's documents in Sluice and return the most relevant passages "
+        "(text, file name, relevance). Use it to answer questions from the user's files. "
+        "Pass collection_ids (from list_collections) to search only those collections."),
+    "list_collections": (
+        "List the document collections this user can search in Sluice (their own and "
+        "those shared with them), with ids, names and file counts."),
+    "list_collection_files": (
+        "List the files in one Sluice collection (by collection_id from list_collections), "
+        "with their names and processing status."),
+}
 SPEC_PATH = "/api/v1/openwebui/tools.json"
 
 
@@ -37,10 +49,12 @@ def tool_spec(app: FastAPI) -> dict[str, Any]:
     full = app.openapi()
     paths: dict[str, Any] = {}
     for path, methods in full.get("paths", {}).items():
-        kept = {m: op for m, op in methods.items()
+        kept = {m: copy.deepcopy(op) for m, op in methods.items()
                 if isinstance(op, dict) and op.get("operationId") in TOOL_OPERATIONS}
+        for op in kept.values():
+            op["description"] = TOOL_OPERATIONS[op["operationId"]]
         if kept:
-            paths[path] = copy.deepcopy(kept)
+            paths[path] = kept
     schemas = full.get("components", {}).get("schemas", {})
     wanted: set[str] = set()
     _refs(paths, wanted)
