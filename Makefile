@@ -7,7 +7,7 @@ WORKERS ?= 1
 PORT ?= 8000
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install system-deps run test check bench bench-encoder eval compare loadtest clean
+.PHONY: install system-deps run test check bench bench-encoder eval compare owui-proof loadtest clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,10 @@ eval: install
 # The same burst against Open WebUI (own venv, built on first use) and Sluice; not in `make test`.
 compare: install
 	$(PY) loadtests/compare_owui.py $(COMPARE_ARGS)
+
+# Open WebUI wired to Sluice through every integration point, then the burst; not in `make test`.
+owui-proof: install
+	$(PY) loadtests/owui_proof.py $(PROOF_ARGS)
 
 loadtest: install
 	$(PY) loadtests/local_proof.py --workers $(WORKERS)
