@@ -94,8 +94,10 @@ asyncio.run(main())
 def call_search_tool(venv: Path, env: dict[str, str], sluice_url: str, key: str, query: str
                      ) -> dict[str, Any]:
     """Open WebUI's tool-server code (not ours) fetching the schema and calling `search`."""
+    # FROM_INIT_PY: what `open-webui serve` sets, so it finds its bundled frontend.
     out = subprocess.run([str(venv / "bin" / "python"), "-c", _TOOL_CALL, sluice_url,
-                          TOOL_SPEC_PATH, key, query], env=env, capture_output=True,
+                          TOOL_SPEC_PATH, key, query], env={**env, "FROM_INIT_PY": "true"},
+                         capture_output=True,
                          text=True, timeout=600)
     if out.returncode != 0:
         raise RuntimeError(f"Open WebUI's tool call failed:\n{out.stderr[-3000:]}")
