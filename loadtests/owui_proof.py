@@ -123,6 +123,15 @@ def upload_through_owui(server: owui.OpenWebUI, token: str, sluice: str, key: st
     return facts
 
 
+def _existing(db_url: str) -> tuple[list[str], list[str]]:
+    """Open WebUI's files and chunk collections from before the burst (the wiring's
+    upload, the knowledge base's own entry), so the burst counts only its own."""
+    with psycopg.connect(db_url) as conn:
+        files = [r[0] for r in conn.execute("SELECT id FROM file")]
+        sets = [r[0] for r in conn.execute("SELECT DISTINCT collection_name FROM document_chunk")]
+    return files, sets
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--files", type=int, default=100)
@@ -181,12 +190,15 @@ def main() -> None:
                                                                       key, db_url)
                     print(json.dumps(report, indent=1), flush=True)
                     if not args.skip_burst:
+                        files_before, chunk_sets_before = _existing(db_url)
                         results.append(run_burst(
                             "Open WebUI + Sluice", server.url,
                             {"Authorization": f"Bearer {token}"}, burst_files(n),
                             upload_path=owui.UPLOAD_PATH, db_url=db_url,
-                            status_sql=owui.STATUS_SQL, status_params=(), done=owui.DONE,
-                            failed=owui.FAILED, chunks_sql=owui.CHUNKS_SQL, chunks_params=(),
+                            status_sql=f"{owui.STATUS_SQL} WHERE id <> ALL(%s)",
+                            status_params=(files_before,), done=owui.DONE, failed=owui.FAILED,
+                            chunks_sql=f"{owui.CHUNKS_SQL} WHERE collection_name <> ALL(%s)",
+                            chunks_params=(chunk_sets_before,),
                             app_pids=[server.pid, *app.pids.values()], servers=servers,
                             api_status=owui.api_status, done_api=owui.DONE,
                             facts={"version": owui.VERSION, "install": facts,
@@ -196,8 +208,8 @@ def main() -> None:
             finally:
                 app.stop()
                 rd.close()
-            if not args.skip_burst:
-                results.append(run_owui(servers, root, burst_files(n)))
+            if not args.skip_burst:  # first: burst.render puts the baseline first
+                results.insert(0, run_owui(servers, root, burst_files(n)))
         finally:
             servers.stop()
     folder = REPORTS / time.strftime("owui-proof-%Y%m%d-%H%M%S")
