@@ -7,7 +7,7 @@ WORKERS ?= 1
 PORT ?= 8000
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install lock system-deps run test check bench bench-encoder eval compare loadtest clean
+.PHONY: install lock system-deps run test check bench bench-encoder eval compare owui-proof loadtest clean
 
 # torch: installed first, alone (--no-deps) and pinned; it is not in the hashed lock
 # files. PyPI's torch 2.13.0 for Linux x86_64 is the CUDA build (other hashes, ~15
@@ -77,6 +77,10 @@ eval: install
 # The same burst against Open WebUI (own venv, built on first use) and Sluice; not in `make test`.
 compare: install
 	$(PY) loadtests/compare_owui.py $(COMPARE_ARGS)
+
+# Open WebUI wired to Sluice through every integration point, then the burst; not in `make test`.
+owui-proof: install
+	$(PY) loadtests/owui_proof.py $(PROOF_ARGS)
 
 loadtest: install
 	$(PY) loadtests/local_proof.py --workers $(WORKERS)

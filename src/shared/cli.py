@@ -137,6 +137,12 @@ def _capacity(_: Settings | None, args: argparse.Namespace) -> int:
     return capacity_main(args)
 
 
+def _openwebui(settings: Settings, args: argparse.Namespace) -> int:
+    from shared.ops.openwebui import run
+
+    return run(settings, args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sluice", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -194,6 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from shared.ops.capacity_cli import add_arguments as capacity_args
     from shared.ops.doctor_cli import add_arguments as doctor_args
+    from shared.ops.openwebui import add_arguments as openwebui_args
 
     doc = sub.add_parser("doctor", help="check settings, servers and manifests against the budgets")
     doctor_args(doc)
@@ -201,6 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
     cap = sub.add_parser("capacity", help="size workers, replicas, pools and server limits")
     capacity_args(cap)
     cap.set_defaults(func=_capacity, needs_settings=False)
+    owui = sub.add_parser("openwebui", help="Open WebUI on top: read-only role and settings")
+    openwebui_args(owui)
+    owui.set_defaults(func=_openwebui)
     return p
 
 

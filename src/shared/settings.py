@@ -144,6 +144,17 @@ class Settings(BaseSettings):
     # encoded together, in batches of at most QUERY_BATCH_MAX.
     query_batch_max: int = Field(default=16, ge=1, le=256)
     query_batch_wait_ms: float = Field(default=5.0, ge=0.0, le=1_000.0)
+    # Open WebUI on top (issue 15, webui/openai_compat.py, webui/loader.py). /v1/embeddings
+    # is served beside search, never through the query encoder's queue: at most
+    # OPENAI_EMBED_CONCURRENCY requests encode at once per process, OPENAI_EMBED_QUEUE more
+    # may wait, the rest get 429 + Retry-After, so a document's chunks cannot delay queries.
+    openai_embed_concurrency: int = Field(default=1, ge=1, le=64)
+    openai_embed_queue: int = Field(default=8, ge=0, le=1_000)
+    openai_embed_max_inputs: int = Field(default=64, ge=1, le=2_048)
+    openai_embed_max_chars: int = Field(default=20_000, ge=1, le=1_000_000)
+    # PUT /process (Open WebUI's external document loader): parsed by the worker fleet as a
+    # parse-only job; at most this many wait per webui process, then 429.
+    loader_concurrency: int = Field(default=8, ge=1, le=1_000)
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65_535)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

@@ -22,10 +22,12 @@ from webui.events import EventHub
 from webui.guard import RequestGuard
 from webui.limits import RateLimits
 from webui.metrics import MetricsServer, WebuiMetrics, instrument
+from webui.loader import LoaderGate
+from webui.openai_compat import EmbeddingPool
 from webui.query_encoder import QueryEncoder
-from webui.routes import admin, collections, events, files, health, me, page, search
+from webui.routes import admin, collections, events, files, health, me, openwebui, page, search
 from webui.search import column_text_config
-from webui.state import AppState
+from webui.state import AppState, OpenWebUIParts
 
 log = logging.getLogger("sluice.webui")
 
@@ -57,6 +59,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             limits=RateLimits(aredis, settings.rate_limit_per_minute,
                               settings.auth_failures_per_minute),
             metrics=webui_metrics,
+            openwebui=OpenWebUIParts(EmbeddingPool(embedder, settings),
+                                     LoaderGate(settings.loader_concurrency)),
         )
         metrics = process_metrics(
             registry, engine=engine.sync_engine, db_limit=pool_limit(settings, "webui"),
@@ -94,6 +98,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(admin.router, prefix=api)
     app.include_router(collections.router, prefix=api)
     app.include_router(collections.admin_router, prefix=api)
+    app.include_router(openwebui.router)
     app.include_router(page.router)
     app.include_router(health.router)
     app.add_middleware(RequestGuard)

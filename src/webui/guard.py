@@ -32,6 +32,10 @@ from webui.errors import ApiError
 from webui.state import AppState
 
 UPLOAD = ("POST", "/api/v1/files")
+# Bodies their routes stream and count themselves (webui.receive, webui.loader).
+STREAMED = {UPLOAD, ("PUT", "/process")}
+# Open WebUI's endpoints (routes/openwebui.py) live outside /api/ at the paths it calls.
+OPENWEBUI_PATHS = ("/v1/", "/process")
 SESSION_PROBE = "/api/v1/session"  # the one /api/ path a signed-out caller may ask
 
 
@@ -46,7 +50,7 @@ class RequestGuard:
         state: AppState = scope["app"].state.sluice
         headers = Headers(scope=scope)
         try:
-            if scope["path"].startswith("/api/"):
+            if _needs_caller(scope["path"]):
                 peer = scope["client"][0] if scope.get("client") else ""
                 try:
                     user = await authenticate(state, headers, peer)
@@ -58,12 +62,26 @@ class RequestGuard:
                 else:
                     await state.limits.check_user(user.id)
                     scope.setdefault("state", {})["user"] = user
-            if (scope["method"], scope["path"]) != UPLOAD:
-                receive = await _capped(receive, headers, state.settings.max_request_body_bytes)
+            if (scope["method"], scope["path"]) not in STREAMED:
+                receive = await _capped(receive, headers, _body_limit(scope["path"], state))
         except Exception as exc:
             await _handled(scope, receive, send, exc)
             return
         await self.app(scope, receive, send)
+
+
+def _needs_caller(path: str) -> bool:
+    return path.startswith("/api/") or path.startswith(OPENWEBUI_PATHS)
+
+
+def _body_limit(path: str, state: AppState) -> int:
+    """MAX_REQUEST_BODY_KB, or for /v1/embeddings what its own limits allow (inputs ×
+    characters, 4 bytes each in UTF-8 at worst): it answers those with a sentence."""
+    settings = state.settings
+    if path == "/v1/embeddings":
+        allowed = settings.openai_embed_max_inputs * settings.openai_embed_max_chars * 4 + 65_536
+        return max(settings.max_request_body_bytes, allowed)
+    return settings.max_request_body_bytes
 
 
 async def _capped(receive: Receive, headers: Headers, limit: int) -> Receive:

@@ -15,7 +15,16 @@ from shared.settings import Settings
 from webui.events import EventHub
 from webui.limits import RateLimits
 from webui.metrics import WebuiMetrics
+from webui.loader import LoaderGate
+from webui.openai_compat import EmbeddingPool
 from webui.query_encoder import QueryEncoder
+
+
+@dataclass
+class OpenWebUIParts:
+    """Admission for the Open WebUI endpoints (routes/openwebui.py)."""
+    embeddings: EmbeddingPool
+    loader: LoaderGate
 
 
 @dataclass
@@ -34,3 +43,4 @@ class AppState:
     events: EventHub  # the one event-stream reader of this process
     limits: RateLimits  # moving windows in Redis, on `aredis`
     metrics: WebuiMetrics
+    openwebui: OpenWebUIParts

@@ -1,0 +1,127 @@
+"""Open WebUI's external document loader: `PUT /process` → `{"page_content", "metadata"}`.
+
+Open WebUI (≥ 0.10, `CONTENT_EXTRACTION_ENGINE=external`) PUTs the raw file as
+the body with `Content-Type` and a url-quoted `X-Filename`, and reads back one
+document. The bytes are parsed by the worker fleet, not here: the webui stores
+them on the shared volume (as uploads are), enqueues a parse-only job at the
+front of the queue (shared/extract_queue.py) and waits for its answer. So the
+same isolated parser, limits and file-type detection apply as for uploads, the
+webui never loads parser libraries or imports `worker`, and parse capacity is
+the fleet's. Nothing is kept: the stored bytes are removed when the answer leaves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
+
+import anyio
+from fastapi import Request
+from starlette.concurrency import run_in_threadpool
+
+from shared.extract_queue import drop_extract, enqueue_extract, poll_extract, wait_step
+from shared.storage import incoming_dir, new_storage_key, remove_stored, stored_path
+from webui.errors import ApiError
+from webui.uploads import clean_filename, discard, move_into_place
+
+if TYPE_CHECKING:  # state.py holds a LoaderGate
+    from webui.state import AppState
+
+log = logging.getLogger("sluice.webui")
+
+# Time a parse-only job may wait for a free worker on top of its own parse limit.
+QUEUE_WAIT_S = 60.0
+
+
+class LoaderGate:
+    """At most LOADER_CONCURRENCY documents in flight per webui process; then 429."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.in_flight = 0
+
+    def enter(self) -> None:
+        if self.in_flight >= self.limit:
+            raise ApiError(429, "busy", "too many documents are being extracted; retry shortly",
+                           {"Retry-After": "2"})
+        self.in_flight += 1
+
+    def leave(self) -> None:
+        self.in_flight -= 1
+
+
+def filename_from(request: Request) -> str:
+    raw = request.headers.get("x-filename", "").strip()
+    if not raw:
+        raise ApiError(400, "missing_filename", "send the file name in the X-Filename header")
+    return clean_filename(unquote(raw))
+
+
+async def _receive(request: Request, state: AppState) -> tuple[str, int]:
+    """Stream the body to the shared volume; (storage key, size). 413 past MAX_UPLOAD_MB."""
+    settings = state.settings
+    folder = incoming_dir(settings.upload_dir)
+    await anyio.to_thread.run_sync(lambda: folder.mkdir(parents=True, exist_ok=True))
+    temp = folder / f"process-{uuid.uuid4().hex}"
+    size = 0
+    try:
+        async with await anyio.open_file(temp, "wb") as out:
+            async for piece in request.stream():
+                size += len(piece)
+                if size > settings.max_upload_bytes:
+                    raise ApiError(413, "file_too_large", f"the file is larger than the "
+                                   f"{settings.max_upload_mb} MB upload limit")
+                await out.write(piece)
+        if size == 0:
+            raise ApiError(400, "empty_body", "the request body is empty: send the file's bytes")
+        key = new_storage_key()
+        await move_into_place(temp, stored_path(settings.upload_dir, key))
+        return key, size
+    except BaseException:
+        await discard(temp)
+        raise
+
+
+async def _wait(state: AppState, key: str, timeout_s: float) -> tuple[str, Any]:
+    started = time.monotonic()
+    while time.monotonic() - started < timeout_s:
+        outcome = await run_in_threadpool(poll_extract, state.queue, key)
+        if outcome is not None:
+            return outcome
+        await asyncio.sleep(wait_step(started))
+    return ("timeout", None)
+
+
+async def process(request: Request, state: AppState, gate: LoaderGate) -> dict[str, Any]:
+    """Extract one document's text through the worker fleet (the route's whole work)."""
+    filename = filename_from(request)
+    content_type = request.headers.get("content-type", "")
+    settings = state.settings
+    gate.enter()
+    key: str | None = None
+    try:
+        key, size = await _receive(request, state)
+        job_timeout = int(settings.parse_timeout) + 30
+        await run_in_threadpool(enqueue_extract, state.queue, key, filename, timeout_s=job_timeout)
+        status, result = await _wait(state, key, job_timeout + QUEUE_WAIT_S)
+        await run_in_threadpool(drop_extract, state.queue, key)
+    finally:
+        gate.leave()
+        if key is not None:
+            await run_in_threadpool(remove_stored, settings.upload_dir, key)
+    if status != "finished" or not isinstance(result, dict):
+        log.warning("loader.failed filename_len=%d status=%s", len(filename), status)
+        raise ApiError(503, "extract_unavailable", "the document could not be extracted right "
+                       "now (no worker answered in time); try again shortly", {"Retry-After": "10"})
+    if "rejected" in result:
+        raise ApiError(422, "document_rejected", f"{filename}: {result['rejected']}")
+    log.info("loader.done kind=%s size=%d chars=%d", result["kind"], size, len(result["text"]))
+    return {
+        "page_content": result["text"],
+        "metadata": {"source": filename, "name": filename, "kind": result["kind"],
+                     "content_type": content_type, "size_bytes": size, "extracted_by": "sluice"},
+    }
