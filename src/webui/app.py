@@ -21,8 +21,8 @@ from webui.errors import install_error_handlers
 from webui.events import EventHub
 from webui.guard import RequestGuard
 from webui.limits import RateLimits
-from webui.metrics import MetricsServer, WebuiMetrics, instrument
 from webui.loader import LoaderGate
+from webui.metrics import MetricsServer, WebuiMetrics, instrument
 from webui.openai_compat import EmbeddingPool
 from webui.query_encoder import QueryEncoder
 from webui.routes import admin, collections, events, files, health, me, openwebui, page, search

@@ -26,7 +26,7 @@ from starlette.concurrency import run_in_threadpool
 from shared.extract_queue import drop_extract, enqueue_extract, poll_extract, wait_step
 from shared.storage import incoming_dir, new_storage_key, remove_stored, stored_path
 from webui.errors import ApiError
-from webui.uploads import clean_filename, discard, move_into_place
+from webui.receive import clean_filename, discard, move_into_place
 
 if TYPE_CHECKING:  # state.py holds a LoaderGate
     from webui.state import AppState

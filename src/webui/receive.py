@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import unicodedata
 import uuid
 from collections.abc import AsyncIterator
@@ -199,3 +200,12 @@ def _too_large(max_bytes: int) -> str:
 
 async def discard(path: Path) -> None:
     await anyio.to_thread.run_sync(lambda: path.unlink(missing_ok=True))
+
+
+async def move_into_place(temp: Path, final: Path) -> None:
+    """Rename the received bytes to their stored name (same volume: atomic)."""
+    def _move() -> None:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(temp, final)
+
+    await anyio.to_thread.run_sync(_move)

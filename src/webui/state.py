@@ -14,8 +14,8 @@ from shared.embedding import Embedder
 from shared.settings import Settings
 from webui.events import EventHub
 from webui.limits import RateLimits
-from webui.metrics import WebuiMetrics
 from webui.loader import LoaderGate
+from webui.metrics import WebuiMetrics
 from webui.openai_compat import EmbeddingPool
 from webui.query_encoder import QueryEncoder
 

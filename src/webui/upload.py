@@ -17,12 +17,10 @@ from __future__ import annotations
 
 import errno
 import logging
-import os
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-import anyio
 from fastapi import Request
 from redis.exceptions import RedisError
 from sqlalchemy import func, select, text
@@ -36,7 +34,7 @@ from shared.storage import new_storage_key, stored_path
 from webui.collections import add_files, collection_for_upload
 from webui.errors import ApiError
 from webui.limits import upload_slot
-from webui.receive import ReceivedUpload, discard, receive_upload
+from webui.receive import ReceivedUpload, discard, move_into_place, receive_upload
 from webui.sniff import sniff_type
 from webui.state import AppState
 
@@ -114,7 +112,7 @@ async def _store(
         storage_key = new_storage_key()
         final_path = stored_path(state.settings.upload_dir, storage_key)
         try:
-            await _move_into_place(received.temp_path, final_path)
+            await move_into_place(received.temp_path, final_path)
         except OSError as err:
             raise _storage_error(state, err) from None
         file = File(
@@ -163,14 +161,6 @@ def _storage_error(state: AppState, err: OSError) -> ApiError:
                         "the server's upload storage is full; try again later or tell the operator")
     return ApiError(500, "storage_error",
                     "the server could not write your upload to its storage; tell the operator")
-
-
-async def _move_into_place(temp: Path, final: Path) -> None:
-    def _move() -> None:
-        final.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(temp, final)
-
-    await anyio.to_thread.run_sync(_move)
 
 
 async def enqueue(state: AppState, file_id: uuid.UUID) -> None:
