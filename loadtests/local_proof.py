@@ -177,7 +177,7 @@ def run_once(servers: Servers, root: Path, out: Path, label: str, workers: int,
                         "redis": servers.redis.pid or 0,
                         **({"locust": locust.pid} if locust else {})}
         sampler = Sampler(servers.pg.url, servers.redis.url, [u for u, _ in users], "ingest",
-                          pids, run_dir / "samples.jsonl", metrics_url=f"{app.url}/metrics")
+                          pids, run_dir / "samples.jsonl", metrics_url=app.metrics_url)
         sampler.start()
         locust_env = {**env, "SLUICE_API_KEYS_FILE": str(keys_file),
                       "SLUICE_LEDGER": str(run_dir / "ledger.jsonl"),

@@ -165,12 +165,17 @@ class App:
         self.env, self.workers, self.log_dir, self.port = env, workers, log_dir, port
         self.nullpool_shim = env.get("DATABASE_POOL_SIZE") == "0"
         self.url = f"http://127.0.0.1:{port}"
+        # The webui serves /metrics on its own port, not the API's.
+        self.metrics_port = free_port()
+        self.metrics_url = f"http://127.0.0.1:{self.metrics_port}/metrics"
         self.children: list[Child] = []
 
     def start(self, rd: redis.Redis, timeout: float = 300) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.children.append(Child("webui", sluice_cmd(
-            "webui", "--host", "127.0.0.1", "--port", str(self.port)), self.env,
+            "webui", "--host", "127.0.0.1", "--port", str(self.port)),
+            {**self.env, "WEBUI_METRICS_HOST": "127.0.0.1",
+             "WEBUI_METRICS_PORT": str(self.metrics_port)},
             self.log_dir / "webui.log"))
         for i in range(self.workers):
             self.children.append(Child(f"worker-{i}", sluice_cmd(

@@ -52,11 +52,14 @@ async def test_concurrent_uploads_cannot_pass_the_quota(
                    files={"file": (f"q{i}.txt", uuid.uuid4().hex.encode() * (size // 32))})
             for i in range(10)
         ))
+        with db_engine.connect() as conn:
+            stored = conn.execute(text("SELECT sum(size_bytes) FROM files WHERE owner_id = :u"),
+                                  {"u": user.id}).scalar()
+        for r in answers:  # their jobs become no-ops: no backlog for the suite's worker
+            if r.status_code == 202:
+                await c.delete(f"/api/v1/files/{r.json()['id']}", headers=bearer(user))
     codes = sorted(r.status_code for r in answers)
     assert codes == [202] * 3 + [413] * 7, codes
-    with db_engine.connect() as conn:
-        stored = conn.execute(text("SELECT sum(size_bytes) FROM files WHERE owner_id = :u"),
-                              {"u": user.id}).scalar()
     assert stored <= 1024 * 1024
 
 

@@ -9,6 +9,7 @@ import re
 import socket
 import time
 import uuid
+from collections.abc import AsyncIterator
 
 import httpx
 from sqlalchemy import Engine, text
@@ -181,6 +182,9 @@ def test_a_client_that_follows_retry_after_gets_every_file_in(
             ids = await asyncio.gather(*(one(c, i, refusals) for i in range(100)))
             status = (await c.post("/api/v1/files/status", headers=hdr,
                                    json={"ids": [*ids, str(uuid.uuid4())]})).json()
+            # Their jobs become no-ops: the suite's one worker is not left a backlog.
+            for fid in ids:
+                assert (await c.delete(f"/api/v1/files/{fid}", headers=hdr)).status_code == 204
         return list(ids), refusals, status
 
     ids, refusals, status = asyncio.run(scenario())
@@ -228,3 +232,45 @@ def test_a_failed_commit_is_never_a_2xx(stack: Stack, db_engine: Engine) -> None
     finally:
         with db_engine.begin() as conn:
             conn.exec_driver_sql("DROP TRIGGER IF EXISTS sluice_test_fail_at_commit ON api_keys")
+
+
+def test_a_large_upload_refused_for_slots_gets_its_429_not_a_reset(
+    stack: Stack, db_engine: Engine
+) -> None:
+    """The refusal comes before the body is read. The client must still read the 429,
+    not a connection reset, even when it has megabytes left to send."""
+    user = make_user(db_engine, "bigrefused")
+    hdr = {"Authorization": f"Bearer {user.key}"}
+    boundary = "slowb0undary"
+    release = asyncio.Event()
+
+    async def slow_body() -> AsyncIterator[bytes]:
+        yield (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; "
+               f"filename=\"s.txt\"\r\nContent-Type: text/plain\r\n\r\n").encode()
+        yield f"slow {uuid.uuid4()}".encode()
+        await release.wait()
+        yield f"\r\n--{boundary}--\r\n".encode()
+
+    async def scenario() -> list[str]:
+        slow_hdr = {**hdr, "Content-Type": f"multipart/form-data; boundary={boundary}"}
+        outcomes = []
+        async with httpx.AsyncClient(base_url=stack.url, timeout=60,
+                                     limits=httpx.Limits(max_connections=30)) as c:
+            holders = [asyncio.create_task(c.post("/api/v1/files", headers=slow_hdr,
+                                                  content=slow_body())) for _ in range(8)]
+            await asyncio.sleep(1.5)  # all 8 slots (UPLOADS_IN_FLIGHT_PER_USER) taken
+            big = b"big refused upload line\n" * 75_000  # 1.8 MB
+            for _ in range(10):
+                try:
+                    r = await c.post("/api/v1/files", headers=hdr, files={"file": ("b.txt", big)})
+                    outcomes.append(str(r.status_code))
+                except httpx.TransportError as err:
+                    outcomes.append(type(err).__name__)
+            release.set()
+            held = [await h for h in holders]
+            assert [r.status_code for r in held] == [202] * 8
+            for r in held:
+                await c.delete(f"/api/v1/files/{r.json()['id']}", headers=hdr)
+        return outcomes
+
+    assert asyncio.run(scenario()) == ["429"] * 10
