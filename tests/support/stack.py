@@ -8,15 +8,17 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 from redis import Redis
-from sqlalchemy import Engine
+from sqlalchemy import Engine, func
 
 from shared.accounts import create_key, ensure_user
 from shared.db import sync_session_factory
+from shared.models import File, WorkUnit
 from tests.support.helpers import wait_until
 
 # Short intervals so retries, heartbeats and the reconciler act within a test's time.
@@ -123,3 +125,21 @@ def make_user(db_engine: Engine, label: str = "user") -> ApiUser:
         user = ensure_user(session, email)
         key = create_key(session, user, name="test")
         return ApiUser(str(user.id), email, key)
+
+
+def insert_file(
+    db_engine: Engine, owner_id: str, storage_key: str, *, unit_state: str = "pending",
+    attempt: int = 0,
+) -> tuple[str, int]:
+    """A `queued` file row and its parse unit, as the webui's upload commits them (the
+    bytes are the caller's business). Returns (file id, unit id)."""
+    fid = uuid.uuid4()
+    with db_engine.begin() as conn:
+        conn.execute(File.__table__.insert().values(
+            id=fid, owner_id=uuid.UUID(owner_id), filename="late.txt", size_bytes=10,
+            sha256=uuid.uuid4().hex * 2, storage_key=storage_key, status="queued"))
+        unit_id = conn.execute(WorkUnit.__table__.insert().values(
+            file_id=fid, owner_id=uuid.UUID(owner_id), kind="parse", ordinal=0, state=unit_state,
+            attempt=attempt, dispatched_at=func.now() if unit_state == "dispatched" else None,
+        ).returning(WorkUnit.id)).scalar_one()
+    return str(fid), int(unit_id)

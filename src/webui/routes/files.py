@@ -17,8 +17,8 @@ from starlette.concurrency import run_in_threadpool
 from shared.detect import detect_type
 from shared.document_errors import DocumentRejected
 from shared.models import File, FileStatus
-from shared.queue import enqueue_ingest
 from shared.storage import new_storage_key, remove_stored, stored_path
+from shared.work import clear_work_statements, new_parse_unit, wake_async
 from webui.deps import CurrentUser, SessionDep, StateDep
 from webui.errors import ApiError, not_found
 from webui.limits import upload_slot
@@ -44,13 +44,13 @@ async def _own_file(session: SessionDep, user_id: uuid.UUID, file_id: uuid.UUID)
     return file
 
 
-async def _enqueue(state: AppState, file_id: uuid.UUID) -> None:
-    """Enqueue after commit. If Redis is down the file stays `queued` in Postgres
-    and the reconciler enqueues it when Redis is back: the upload is not lost."""
+async def _wake(state: AppState, file_id: uuid.UUID) -> None:
+    """After commit: the file's parse unit is in the Postgres backlog; ask a dispatcher
+    for a pass now. If Redis is down, dispatchers still pass every DISPATCH_INTERVAL."""
     try:
-        await run_in_threadpool(enqueue_ingest, state.queue, state.settings, file_id)
+        await wake_async(state.aredis)
     except RedisError as err:
-        log.warning("file.enqueue_deferred file_id=%s error=%s", file_id, err)
+        log.warning("file.wake_deferred file_id=%s error=%s", file_id, err)
 
 
 @router.post(
@@ -96,7 +96,9 @@ async def upload_file(
     )
     session.add(file)
     try:
-        # Commit first, enqueue second: a worker never sees an uncommitted file.
+        await session.flush()  # the file's id, for its first unit of work (same commit)
+        session.add(new_parse_unit(file.id, owner_id))
+        # Commit first, wake the dispatcher second: a worker never sees an uncommitted file.
         await session.commit()
     except IntegrityError:
         # The same bytes arrived twice at once (double click): keep the first.
@@ -111,7 +113,7 @@ async def upload_file(
     except BaseException:
         await discard(final_path)
         raise
-    await _enqueue(state, file.id)
+    await _wake(state, file.id)
     log.info("file.uploaded file_id=%s size=%d", file.id, file.size_bytes)
     return file
 
@@ -194,14 +196,21 @@ async def delete_file(
 async def retry_file(
     file_id: uuid.UUID, session: SessionDep, user: CurrentUser, state: StateDep
 ) -> File:
-    """Queue a failed file again (attempts start over)."""
-    file = await _own_file(session, user.id, file_id)
+    """Queue a failed file again (attempts start over, from parsing)."""
+    file = await session.scalar(select(File).where(File.id == file_id, File.owner_id == user.id)
+                                .with_for_update())  # one retry at a time
+    if file is None:
+        raise not_found()
     if file.status != FileStatus.failed.value:
         raise ApiError(409, "not_failed", f"only failed files can be retried; this one is {file.status}")
+    for stmt in clear_work_statements(file.id):
+        await session.execute(stmt)
+    session.add(new_parse_unit(file.id, file.owner_id))
     file.status = FileStatus.queued.value
     file.attempts, file.error, file.stage, file.progress = 0, None, None, 0.0
+    file.chunk_count, file.segments_total, file.segments_done = 0, 0, 0
     file.queued_at, file.finished_at = datetime.now(UTC), None
     await session.commit()
     await session.refresh(file)  # updated_at is set by the server
-    await _enqueue(state, file.id)
+    await _wake(state, file.id)
     return file
