@@ -79,6 +79,13 @@ def _lease(seconds: int) -> Any:
 def claim(session: Session, unit_id: int, attempt: int, worker: str, lease_s: int) -> Claim | None:
     """Compare-and-set `dispatched`/attempt → `running` with a lease; commits. None: the
     delivery is stale, duplicated or for work that is gone; nothing was changed."""
+    file_id = session.scalar(select(WorkUnit.file_id).where(WorkUnit.id == unit_id))
+    # Rows are locked file first, then unit, everywhere (a file's delete cascades in that
+    # order): no deadlock between a delete and a worker.
+    if file_id is None or session.scalar(
+            select(File.id).where(File.id == file_id).with_for_update()) is None:
+        session.rollback()
+        return None
     row = session.execute(
         update(WorkUnit)
         .where(WorkUnit.id == unit_id, WorkUnit.attempt == attempt,
@@ -116,11 +123,11 @@ def renew_lease(session: Session, unit_id: int, attempt: int, lease_s: int) -> b
 def fence(session: Session, c: Claim) -> tuple[WorkUnit, File] | None:
     """Lock the unit and its file for this attempt's write. None (nothing locked that
     matters): the attempt is stale, or the file was deleted. The caller commits."""
-    unit = session.scalar(select(WorkUnit).where(WorkUnit.id == c.unit_id).with_for_update())
-    if unit is None or unit.state != UnitState.running.value or unit.attempt != c.attempt:
-        return None
     file = session.scalar(select(File).where(File.id == c.file_id).with_for_update())
     if file is None:
+        return None
+    unit = session.scalar(select(WorkUnit).where(WorkUnit.id == c.unit_id).with_for_update())
+    if unit is None or unit.state != UnitState.running.value or unit.attempt != c.attempt:
         return None
     return unit, file
 

@@ -123,7 +123,8 @@ class SluiceWorker(SimpleWorker):
         try:
             with rt.session_factory() as session:
                 if not renew_lease(session, held.unit_id, held.attempt, rt.settings.lease_seconds):
-                    log.info("unit.lease_lost unit=%s attempt=%s file_id=%s", held.unit_id,
+                    # Also seen just after the unit was stored (done), before it is let go.
+                    log.debug("unit.lease_ended unit=%s attempt=%s file_id=%s", held.unit_id,
                              held.attempt, held.file_id)
         except Exception as err:  # Postgres down: the unit may be offered again; fenced
             log.warning("unit.lease_not_renewed unit=%s error=%s", held.unit_id, err)

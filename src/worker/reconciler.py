@@ -82,10 +82,13 @@ def _expired_leases(session: Session, settings: Settings, result: ReconcileResul
         log.warning("unit.lease_expired unit=%s file_id=%s attempt=%s worker=%s try=%d",
                     unit.id, unit.file_id, unit.attempt, unit.worker, unit.tries)
         if unit.tries > settings.job_max_retries:
-            file = session.scalar(select(File).where(File.id == unit.file_id).with_for_update())
+            # Never wait for a file's lock while holding a unit's (a delete locks the file
+            # first): a busy or deleted file is left to the next pass.
+            file = session.scalar(select(File).where(File.id == unit.file_id)
+                                  .with_for_update(skip_locked=True))
             if file is not None:
                 fail_file(session, file, interrupted_reason(unit.tries))
-            result.failed += 1
+                result.failed += 1
         else:
             unit.state, unit.lease_expires_at = UnitState.pending.value, None
             unit.error = "interrupted: the worker stopped renewing its lease"
