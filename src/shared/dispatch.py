@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import logging
 import uuid
-from dataclasses import dataclass
-from datetime import datetime
 
 from redis.exceptions import RedisError
 from rq import Queue
@@ -110,15 +108,6 @@ def _undispatch(session_factory: sessionmaker[Session], attempts: dict[int, int]
             )
 
 
-@dataclass
-class OwnerBacklog:
-    owner_id: uuid.UUID
-    pending: int  # waiting in Postgres (including retries not yet due)
-    dispatched: int  # handed to RQ, not yet claimed
-    running: int
-    oldest_pending_at: datetime | None
-
-
 BACKLOG_SQL = text("""
 SELECT owner_id,
        count(*) FILTER (WHERE state = 'pending') AS pending,
@@ -128,7 +117,7 @@ SELECT owner_id,
 FROM work_units WHERE state IN ('pending', 'dispatched', 'running')
 GROUP BY owner_id ORDER BY pending DESC, owner_id
 """)
-"""Per owner; shared by the admin API (async) and the worker's metrics (sync)."""
+"""Per owner, for the admin API."""
 
 WAITING_SQL = text(
     "SELECT count(*) FROM work_units WHERE state = 'dispatched' "
@@ -137,5 +126,8 @@ WAITING_SQL = text(
 """Units waiting for a worker now: the backlog the autoscaler reads."""
 
 
-def backlog_by_owner(session: Session) -> list[OwnerBacklog]:
-    return [OwnerBacklog(*row) for row in session.execute(BACKLOG_SQL).all()]
+UNITS_BY_STATE_SQL = text(
+    "SELECT state, count(*) FROM work_units WHERE state IN ('pending', 'dispatched', 'running') "
+    "GROUP BY state"
+)
+

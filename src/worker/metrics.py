@@ -71,7 +71,7 @@ class WorkerMetrics:
         self.jobs = JobMetrics(registry)
         self.resources = process_metrics(
             registry, engine=runtime.engine, db_limit=pool_limit(settings, "worker"),
-            redis=runtime.redis, queue=runtime.queue, settings=settings,
+            redis=runtime.redis, queue=runtime.queue, settings=settings, backlog=True,
         )
         self._lock = threading.Lock()
         self._busy_done = 0.0

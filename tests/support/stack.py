@@ -14,11 +14,14 @@ from pathlib import Path
 
 import httpx
 from redis import Redis
-from sqlalchemy import Engine, func
+from rq.job import Job
+from rq.serializers import JSONSerializer
+from sqlalchemy import Engine, func, text
 
 from shared.accounts import create_key, ensure_user
 from shared.db import sync_session_factory
 from shared.models import File, WorkUnit
+from shared.queue import unit_job_id
 from tests.support.helpers import wait_until
 
 # Short intervals so retries, heartbeats and the reconciler act within a test's time.
@@ -143,3 +146,13 @@ def insert_file(
             attempt=attempt, dispatched_at=func.now() if unit_state == "dispatched" else None,
         ).returning(WorkUnit.id)).scalar_one()
     return str(fid), int(unit_id)
+
+
+def unit_jobs(db_engine: Engine, redis: Redis, file_id: str) -> list[Job]:
+    """The RQ jobs that delivered the file's units (latest attempt each), in unit order."""
+    with db_engine.connect() as conn:
+        units = conn.execute(text(
+            "SELECT id, attempt FROM work_units WHERE file_id = :i ORDER BY id"),
+            {"i": uuid.UUID(file_id)}).all()
+    return [Job.fetch(unit_job_id(u, a), connection=redis, serializer=JSONSerializer)
+            for u, a in units]
