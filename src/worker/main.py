@@ -166,10 +166,10 @@ def run(settings: Settings, *, processes_sharing_cpus: int = 1, burst: bool = Fa
     dispatcher = DispatcherThread(runtime, worker.publish_facts)
     dispatcher.start()
     try:
-        # Retries no longer need RQ's scheduler (they are scheduled from Postgres, see
-        # shared.work.retry_later); it still runs because `sluice doctor` and the alerts
-        # check it. Nothing depends on it.
-        worker.work(with_scheduler=True, burst=burst, logging_level=settings.log_level)
+        # No RQ scheduler: retries are scheduled from Postgres (shared.work.retry_later).
+        # It would also be a forked child holding copies of this process's database
+        # sockets: a worker killed by PID would leave its sessions (and their locks) open.
+        worker.work(with_scheduler=False, burst=burst, logging_level=settings.log_level)
     finally:
         dispatcher.stop()
         reconciler.stop()

@@ -197,7 +197,12 @@ class FaultStack:
                 self.live_workers()) and sum(web.values()) <= (
                 s.database_pool_size + s.database_pool_max_overflow) * self._webuis()
 
-        wait_until(quiet, timeout, "no connection left busy; pools within their limits")
+        try:
+            wait_until(quiet, timeout, "no connection left busy; pools within their limits")
+        except AssertionError as err:
+            rows = self.sql("SELECT application_name, state, query FROM pg_stat_activity "
+                            "WHERE application_name LIKE 'sluice-%'")
+            raise AssertionError(f"{err}: {rows}") from None
 
     def _webuis(self) -> int:
         return sum(1 for p in self.procs if p.popen.poll() is None and "webui" in p.popen.args)

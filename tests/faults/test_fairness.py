@@ -68,9 +68,10 @@ def test_a_parse_starved_of_cpu_is_retried(fault_stack: FaultStack, web: WebUI) 
                 return
             time.sleep(0.002)
 
-    html = "".join(f"<div><p class='c{i}'>Row {i} of the tide table, <b>{i % 97}</b></p></div>"
-                   for i in range(25_000))
-    data = f"<!doctype html><html><body><h1>{uuid.uuid4()}</h1>{html}</body></html>".encode()
+    # Many elements, little text: a parse that takes a moment, a few chunks.
+    html = "<div><i></i><b></b></div>" * 30_000
+    data = (f"<!doctype html><html><body><h1>{uuid.uuid4()}</h1><p>The tide table of the "
+            f"sluice gates.</p>{html}</body></html>").encode()
     done = threading.Event()
     catcher = threading.Thread(target=stop_first_parser, args=(done,), daemon=True)
     catcher.start()

@@ -17,7 +17,7 @@ FAULT_ENV = {
     "JOB_MONITORING_INTERVAL": "1",
     "UNIT_LEASE_SECONDS": "4",
     "RECONCILE_INTERVAL": "1",
-    "SEGMENT_CHUNKS": "40",
+    "SEGMENT_CHUNKS": "64",  # the long documents here are one segment each
     "WORKER_HEARTBEAT_GRACE": "4",
     "WORKER_MAINTENANCE_INTERVAL": "2",
     "JOB_RETRY_DELAY": "1",

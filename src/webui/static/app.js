@@ -190,8 +190,9 @@ function applyFile(row, f, note = "") {
     setRow(row, { status: "failed", label: "Failed", message: f.error || "Processing failed.", retry: true });
   } else if (f.status === "processing") {
     const stage = STAGES[f.stage] || "processing";
+    const parts = f.segments_total > 1 ? `, part ${f.segments_done} of ${f.segments_total}` : "";
     setRow(row, { status: "processing", label: "Processing", progress: f.progress || 0,
-      message: `Step: ${stage}${f.progress ? ` (${Math.round(f.progress * 100)}%)` : ""}` });
+      message: `Step: ${stage}${f.progress ? ` (${Math.round(f.progress * 100)}%${parts})` : ""}` });
   } else {
     setRow(row, { status: "queued", label: "Queued", progress: 0,
       message: (f.error ? `${f.error} ` : "Waiting for a worker. ") + note });
@@ -296,7 +297,8 @@ function onFileEvent(e) {
   if (rowId) {
     const row = state.rows.get(rowId);
     applyFile(row, { status: e.status, stage: e.stage, progress: e.progress,
-      chunk_count: e.chunks ?? 0, error: e.error });
+      chunk_count: e.chunks ?? 0, error: e.error,
+      segments_done: e.segments_done ?? 0, segments_total: e.segments_total ?? 0 });
   }
   const tr = document.querySelector(`#files-table tr[data-id="${e.file_id}"]`);
   if (tr) tr.querySelector(".state").replaceWith(stateBadge(e.status));
