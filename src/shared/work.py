@@ -19,7 +19,7 @@ from typing import Any
 
 from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
-from sqlalchemy import Delete, delete, func, select, text, update
+from sqlalchemy import Delete, delete, func, null, select, text, update
 from sqlalchemy.orm import Session
 
 from shared.models import Chunk, File, FileStatus, UnitKind, UnitState, WorkUnit
@@ -138,7 +138,7 @@ def fail_file(session: Session, file: File, reason: str) -> None:
     session.execute(
         update(WorkUnit)
         .where(WorkUnit.file_id == file.id, WorkUnit.state != UnitState.done.value)
-        .values(state=UnitState.failed.value, payload=None, lease_expires_at=None)
+        .values(state=UnitState.failed.value, payload=null(), lease_expires_at=None)
     )
     session.execute(delete(Chunk).where(Chunk.file_id == file.id))
     file.status = FileStatus.failed.value
