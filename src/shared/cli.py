@@ -99,6 +99,9 @@ def _reconcile(settings: Settings, _: argparse.Namespace) -> int:
     redis = create_redis(settings, "cli")
     try:
         result = reconcile_once(sync_session_factory(engine), make_queue(redis, settings), settings)
+        if result is None:
+            print("another process is reconciling right now")
+            return 1
         print(f"requeued {result.requeued}, failed {result.failed}")
     finally:
         engine.dispose()

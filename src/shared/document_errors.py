@@ -53,3 +53,19 @@ class ParserCrashed(Exception):
 
     def __str__(self) -> str:
         return self.reason
+
+
+class ParserOutOfWallTime(Exception):
+    """The parser ran out of wall-clock time without using up its CPU time.
+
+    The node was busy (or the parser was starved of CPU), which says nothing about
+    the document: the job runner retries it. A parser that uses up its CPU time
+    is a ``ParserLimitExceeded`` instead (rejected).
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return self.reason

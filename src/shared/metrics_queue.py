@@ -24,7 +24,9 @@ from rq.scheduler import RQScheduler
 from rq.utils import utcparse
 from rq.worker_registration import WORKERS_BY_QUEUE_KEY
 from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
+from shared.dispatch import UNITS_BY_STATE_SQL, WAITING_SQL
 from shared.metrics import ResourceMetrics, gauge
 from shared.settings import Settings
 
@@ -120,14 +122,45 @@ class QueueCollector(Collector):
                     int(snap.scheduler_running), q)
 
 
+class BacklogCollector(Collector):
+    """`sluice_work_backlog` and `sluice_work_units`, read from Postgres at scrape time.
+
+    RQ's list holds only a few units per worker (the dispatcher keeps it shallow); the
+    backlog waits in Postgres, so this is what the autoscaler and the backlog alert read.
+    Needs a sync engine (the worker's); on a database error it reports nothing.
+    """
+
+    def __init__(self, engine: Engine, queue_name: str):
+        self._engine, self._queue = engine, queue_name
+
+    def collect(self) -> Iterable[Metric]:
+        try:
+            with self._engine.connect() as conn:
+                waiting = int(conn.execute(WAITING_SQL).scalar_one())
+                states: dict[str, int] = dict(conn.execute(UNITS_BY_STATE_SQL).tuples().all())
+        except SQLAlchemyError as err:
+            log.warning("metrics.backlog_unavailable error=%s", err)
+            return
+        q = {"queue": self._queue}
+        yield gauge("sluice_work_backlog", "Work units waiting for a worker now (in the Postgres "
+                    "backlog and due, or handed to RQ and not yet taken).", waiting, q)
+        units = GaugeMetricFamily("sluice_work_units", "Unfinished work units by state.",
+                                  labels=["queue", "state"])
+        for state in ("pending", "dispatched", "running"):
+            units.add_metric([self._queue, state], int(states.get(state, 0)))
+        yield units
+
+
 def process_metrics(
     registry: CollectorRegistry, *, engine: Engine, db_limit: int, redis: Redis, queue: Queue,
-    settings: Settings, aredis: AsyncRedis | None = None,
+    settings: Settings, aredis: AsyncRedis | None = None, backlog: bool = False,
 ) -> ResourceMetrics:
-    """DB pool, Redis pool(s) and queue metrics of one process (webui or worker)."""
-    return ResourceMetrics(
-        registry, engine=engine, db_limit=db_limit, redis=redis, aredis=aredis,
-        extra=[QueueCollector(redis, queue, heartbeat_stale_after(
-            settings.worker_maintenance_interval, settings.job_monitoring_interval,
-            settings.worker_heartbeat_grace))],
-    )
+    """DB pool, Redis pool(s) and queue metrics of one process (webui or worker); with
+    `backlog` (a sync engine: the worker) also the Postgres backlog."""
+    extra: list[Collector] = [QueueCollector(redis, queue, heartbeat_stale_after(
+        settings.worker_maintenance_interval, settings.job_monitoring_interval,
+        settings.worker_heartbeat_grace))]
+    if backlog:
+        extra.append(BacklogCollector(engine, queue.name))
+    return ResourceMetrics(registry, engine=engine, db_limit=db_limit, redis=redis, aredis=aredis,
+                           extra=extra)

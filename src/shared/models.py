@@ -99,6 +99,9 @@ class File(Base):
     embedding_model: Mapped[str | None] = mapped_column(String(200))
     # Backend that embedded this file's chunks (same transaction); NULL = before 0002 = torch.
     embedding_backend: Mapped[str | None] = mapped_column(String(16))
+    # Progress: segments stored / segments the parse unit made (0 / 0 before parsing).
+    segments_total: Mapped[int] = mapped_column(Integer, default=0)
+    segments_done: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=_now(), onupdate=_now()
@@ -180,6 +183,72 @@ class CollectionShare(Base):
         ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
     )
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
+
+
+class UnitState(enum.StrEnum):
+    pending = "pending"  # in the Postgres backlog, waiting for its turn (and `not_before`)
+    dispatched = "dispatched"  # handed to RQ as job `unit-<id>-<attempt>`, not yet claimed
+    running = "running"  # claimed by `worker`; its lease must be renewed
+    done = "done"
+    failed = "failed"  # its file failed (this unit's reason, or a sibling's)
+
+
+class UnitKind(enum.StrEnum):
+    parse = "parse"  # bytes → text → chunks → segment units
+    segment = "segment"  # chunks [chunk_start, chunk_end) → embeddings → chunk rows
+
+
+class WorkUnit(Base):
+    """One job's worth of a file's work; Postgres, not RQ, says what is left to do.
+
+    `attempt` is the fencing token: the dispatcher increments it each time it hands the
+    unit to RQ, a worker claims `(id, attempt)` by compare-and-set, and every write of
+    that attempt checks it is still `running` with that attempt. `tries` counts claims.
+    """
+
+    __tablename__ = "work_units"
+    __table_args__ = (
+        UniqueConstraint("file_id", "kind", "ordinal", name="uq_work_units_file_kind_ordinal"),
+        CheckConstraint(
+            "state IN ('pending', 'dispatched', 'running', 'done', 'failed')",
+            name="ck_work_units_state",
+        ),
+        CheckConstraint("kind IN ('parse', 'segment')", name="ck_work_units_kind"),
+        Index("ix_work_units_state_not_before", "state", "not_before"),
+        Index("ix_work_units_owner_state", "owner_id", "state"),
+        Index("ix_work_units_file", "file_id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    file_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("files.id", ondelete="CASCADE"))
+    owner_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True))
+    kind: Mapped[str] = mapped_column(String(16))
+    ordinal: Mapped[int] = mapped_column(Integer, default=0)
+    chunk_start: Mapped[int] = mapped_column(Integer, default=0)
+    chunk_end: Mapped[int] = mapped_column(Integer, default=0)
+    # A segment's chunks (texts and token counts) between parsing and storing.
+    payload: Mapped[Any] = mapped_column(JSONB, nullable=True)
+    state: Mapped[str] = mapped_column(String(16), default=UnitState.pending.value)
+    attempt: Mapped[int] = mapped_column(Integer, default=0)
+    tries: Mapped[int] = mapped_column(Integer, default=0)
+    worker: Mapped[str | None] = mapped_column(String(200))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    not_before: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
+    dispatched_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=_now(), onupdate=_now()
+    )
+
+
+class OwnerTurn(Base):
+    """When each user last got a turn from the dispatcher (round robin across owners)."""
+
+    __tablename__ = "owner_turns"
+
+    owner_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    last_turn_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
 class AppConfig(Base):

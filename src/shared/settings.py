@@ -85,6 +85,17 @@ class Settings(BaseSettings):
     worker_heartbeat_grace: int = Field(default=60, ge=1, le=3_600)
     worker_maintenance_interval: int = Field(default=60, ge=1, le=3_600)
     reconcile_interval: float = Field(default=30.0, gt=0, le=3_600)
+    # Work units (parse, segments) are claimed in Postgres with a lease that the worker's
+    # heartbeat renews every JOB_MONITORING_INTERVAL; a dead worker's unit is offered again
+    # once its lease has run out (found by the reconciler within RECONCILE_INTERVAL).
+    unit_lease_seconds: int = Field(default=30, ge=2, le=3_600)
+    # Units handed to RQ per live worker (RQ stays shallow; the backlog waits in Postgres,
+    # where the dispatcher takes turns across users). 1: a user's backlog delays another
+    # user's unit by at most about two units per worker.
+    dispatch_per_worker: int = Field(default=1, ge=1, le=100)
+    dispatch_interval: float = Field(default=1.0, gt=0, le=60)
+    # Most units (parse or segment) of one user dispatched or running at once.
+    user_units_in_flight: int = Field(default=8, ge=1, le=10_000)
     reconcile_queued_grace: float = Field(default=30.0, ge=0, le=86_400)
     # Leftover upload bytes (partial uploads, stored files without a row): how often the
     # reconciler's sweep runs per process, and how old a file must be to be swept.
@@ -119,6 +130,11 @@ class Settings(BaseSettings):
     # with other work (the webui, Postgres, a CPU quota) the spinning takes time they
     # need; `make bench-encoder --layouts 1x2,1x2ns` measures both.
     embed_spin_wait: bool = True
+    # Embedding and storing happen in segments of at most this many chunks, each its own
+    # job (loadtests/bench_segments.py measured the per-segment overhead).
+    segment_chunks: int = Field(default=256, ge=1, le=100_000)
+    # A file whose text makes more chunks fails at once, before any embedding.
+    max_chunks_per_file: int = Field(default=60_000, ge=1, le=10_000_000)
     parse_timeout: float = Field(default=120.0, gt=0, le=3_600)
     parse_memory_mb: int = Field(default=1024, ge=128, le=65_536)
 
@@ -225,6 +241,11 @@ class Settings(BaseSettings):
     @property
     def uses_null_pool(self) -> bool:
         return self.database_pool_size == 0
+
+    @property
+    def lease_seconds(self) -> int:
+        """A lease outlives at least two missed heartbeats."""
+        return max(self.unit_lease_seconds, 2 * self.job_monitoring_interval + 1)
 
 
 def _describe(err: ValidationError) -> str:

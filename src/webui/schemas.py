@@ -40,7 +40,10 @@ class FileRead(BaseModel):
     attempts: int
     chunk_count: int
     stage: str | None
-    progress: float
+    progress: float = Field(description="segments stored / segments_total (1.0 when done)")
+    segments_total: int = Field(
+        default=0, description="segments the file's chunks were split into (0 before parsing)")
+    segments_done: int = Field(default=0, description="segments embedded and stored so far")
     embedding_model: str | None
     embedding_backend: str | None = Field(
         default=None, description="torch | onnx | onnx-int8; null before it was recorded (torch)"

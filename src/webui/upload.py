@@ -29,8 +29,8 @@ from starlette.concurrency import run_in_threadpool
 
 from shared.document_errors import DocumentRejected
 from shared.models import File, FileStatus
-from shared.queue import enqueue_ingest
 from shared.storage import new_storage_key, stored_path
+from shared.work import new_parse_unit, wake_async
 from webui.collections import add_files, collection_for_upload
 from webui.errors import ApiError
 from webui.limits import upload_slot
@@ -73,7 +73,7 @@ async def upload_file(
         raise
     result = await _store(session, owner_id, received, kind, quota, state)
     if result.created:
-        await enqueue(state, result.file.id)
+        await wake_dispatcher(state, result.file.id)
         log.info("file.uploaded file_id=%s size=%d", result.file.id, result.file.size_bytes)
     return result
 
@@ -121,8 +121,9 @@ async def _store(
             status=FileStatus.queued.value, kind=kind,
         )
         session.add(file)
+        await session.flush()  # the file's id, for its first unit of work (same commit)
+        session.add(new_parse_unit(file.id, owner_id))
         if collection is not None:
-            await session.flush()
             await add_files(session, collection, [file.id])
         await session.commit()  # the commit point: durable before the 202 leaves
         return UploadResult(file, created=True)
@@ -163,10 +164,11 @@ def _storage_error(state: AppState, err: OSError) -> ApiError:
                     "the server could not write your upload to its storage; tell the operator")
 
 
-async def enqueue(state: AppState, file_id: uuid.UUID) -> None:
-    """After the commit. If Redis is down the file stays `queued` and the reconciler
-    enqueues it when Redis is back: the upload is not lost."""
+async def wake_dispatcher(state: AppState, file_id: uuid.UUID) -> None:
+    """After the commit: the file's parse unit waits in the Postgres backlog; ask a
+    dispatcher for a pass now. If Redis is down, dispatchers still pass every
+    DISPATCH_INTERVAL: the upload is not lost."""
     try:
-        await run_in_threadpool(enqueue_ingest, state.queue, state.settings, file_id)
+        await wake_async(state.aredis)
     except RedisError as err:
-        log.warning("file.enqueue_deferred file_id=%s error=%s", file_id, err)
+        log.warning("file.wake_deferred file_id=%s error=%s", file_id, err)

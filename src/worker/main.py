@@ -23,6 +23,8 @@ from rq.serializers import JSONSerializer
 from rq.worker import WorkerStatus
 
 from shared.settings import Settings
+from shared.work import renew_lease
+from worker.dispatcher import DispatcherThread
 from worker.metrics import WorkerMetrics, start_worker_metrics
 from worker.pipeline.isolated import start_parser_server
 from worker.reconciler import ReconcilerThread
@@ -106,11 +108,26 @@ class SluiceWorker(SimpleWorker):
 
     def _beat(self, job: Job, execution: Execution, stop: threading.Event) -> None:
         while not stop.wait(self.job_monitoring_interval):
+            self._renew_lease()
             try:
                 self.maintain_heartbeats(job, execution)
-                self.publish_facts()
             except RedisError as err:
                 log.warning("worker.heartbeat_failed error=%s", err)
+
+    def _renew_lease(self) -> None:
+        """The unit's lease in Postgres is what keeps it ours (Redis's heartbeat is RQ's)."""
+        rt = self.runtime
+        held = rt.held if rt is not None else None
+        if rt is None or held is None:
+            return
+        try:
+            with rt.session_factory() as session:
+                if not renew_lease(session, held.unit_id, held.attempt, rt.settings.lease_seconds):
+                    # Also seen just after the unit was stored (done), before it is let go.
+                    log.debug("unit.lease_ended unit=%s attempt=%s file_id=%s", held.unit_id,
+                             held.attempt, held.file_id)
+        except Exception as err:  # Postgres down: the unit may be offered again; fenced
+            log.warning("unit.lease_not_renewed unit=%s error=%s", held.unit_id, err)
 
     def publish_facts(self) -> None:
         if self.runtime is None:
@@ -146,9 +163,15 @@ def run(settings: Settings, *, processes_sharing_cpus: int = 1, burst: bool = Fa
     reconciler = ReconcilerThread(runtime.redis, runtime.session_factory, runtime.queue, settings,
                                   on_result=worker.metrics.reconciled)
     reconciler.start()
+    dispatcher = DispatcherThread(runtime, worker.publish_facts)
+    dispatcher.start()
     try:
-        worker.work(with_scheduler=True, burst=burst, logging_level=settings.log_level)
+        # No RQ scheduler: retries are scheduled from Postgres (shared.work.retry_later).
+        # It would also be a forked child holding copies of this process's database
+        # sockets: a worker killed by PID would leave its sessions (and their locks) open.
+        worker.work(with_scheduler=False, burst=burst, logging_level=settings.log_level)
     finally:
+        dispatcher.stop()
         reconciler.stop()
         runtime.engine.dispose()
         log.info("worker.stopped name=%s", runtime.name)

@@ -20,31 +20,25 @@ from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.exposition import ThreadingWSGIServer, _SilentHandler
 from prometheus_client.registry import Collector
-from rq.job import Job, JobStatus
+from rq.job import Job
 
 from shared.db import pool_limit
-from shared.metrics import JobMetrics, gauge
+from shared.metrics import OUTCOMES, JobMetrics, gauge
 from shared.metrics_queue import process_metrics
 from shared.settings import Settings
 from worker.reconciler import ReconcileResult
-from worker.runtime import Runtime
+from worker.runtime import LOADS, Runtime
 from worker.sweeper import SweeperCollector
 
 log = logging.getLogger("sluice.worker")
-_RETRIED = {JobStatus.SCHEDULED, JobStatus.QUEUED, JobStatus.DEFERRED}
-
-
 def job_outcome(job: Job, ok: bool) -> str:
-    """done | rejected | skipped for a job that returned; retried | failed for one that raised."""
-    if not ok:
-        return "retried" if job.get_status(refresh=False) in _RETRIED else "failed"
+    """The unit's outcome as `worker.jobs.run_unit` returned it (done | retried | failed |
+    rejected | skipped); a job that raised (RQ's own timeout around our handling, a bug)
+    counts as failed: its lease runs out and the reconciler offers the unit again."""
     result = getattr(job, "_result", None)  # set by RQ before the success handlers run
-    if isinstance(result, dict):
-        if "skipped" in result:
-            return "skipped"
-        if "failed" in result:
-            return "rejected"
-    return "done"
+    if ok and isinstance(result, dict) and result.get("outcome") in OUTCOMES:
+        return str(result["outcome"])
+    return "failed" if not ok else "done"
 
 
 class _WorkerCollector(Collector):
@@ -66,7 +60,7 @@ class _WorkerCollector(Collector):
         for key, doc in (("model_loads", "Embedding model loads since start (1 = loaded once)."),
                          ("config_loads", "App config loads since start (1 = loaded once).")):
             loads = CounterMetricFamily(f"sluice_{key}", doc)
-            loads.add_metric([], m.runtime.counters.get(key, 0))
+            loads.add_metric([], LOADS[key])
             yield loads
 
 
@@ -78,7 +72,7 @@ class WorkerMetrics:
         self.jobs = JobMetrics(registry)
         self.resources = process_metrics(
             registry, engine=runtime.engine, db_limit=pool_limit(settings, "worker"),
-            redis=runtime.redis, queue=runtime.queue, settings=settings,
+            redis=runtime.redis, queue=runtime.queue, settings=settings, backlog=True,
         )
         self._lock = threading.Lock()
         self._busy_done = 0.0

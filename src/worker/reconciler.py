@@ -1,12 +1,18 @@
-"""Postgres is the source of truth; this puts Redis back in line with it.
+"""Postgres is the source of truth; this finds work that nobody is doing and offers it again.
 
-Redis may lose jobs (restart without AOF, failover, FLUSHALL) and a worker may
-die mid-job. Every RECONCILE_INTERVAL one process (under a Redis lock) looks
-for files that should have a pending job but do not:
+Every RECONCILE_INTERVAL one process at a time (a transaction-scoped Postgres advisory
+lock: a process killed mid-pass releases it with its connection, so there is no lock
+to wait out) looks for:
 
-* `queued` for longer than RECONCILE_QUEUED_GRACE with no pending job → enqueue;
-* `processing` for longer than JOB_TIMEOUT (+ margin) with no pending job →
-  back to `queued` and enqueue, or `failed` once JOB_MAX_RETRIES are spent.
+* `running` units whose lease ran out (their worker died or hung) → back to the
+  backlog, or the file `failed` once JOB_MAX_RETRIES are spent;
+* `dispatched` units whose RQ job is gone (Redis lost it) → back to the backlog;
+* `queued`/`processing` files with no live unit at all (files from before units,
+  or a write that never happened) → a new parse unit.
+
+Then it wakes the dispatcher. Retries need no scheduler: a unit waiting for its
+retry is `pending` with `not_before` in the future, and the dispatcher skips it
+until then.
 """
 
 from __future__ import annotations
@@ -20,17 +26,19 @@ from datetime import UTC, datetime, timedelta
 from redis import Redis
 from redis.exceptions import RedisError
 from rq import Queue
-from sqlalchemy import or_, select
+from sqlalchemy import exists, func, null, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.models import File, FileStatus
-from shared.queue import enqueue_ingest, fetch_job, job_is_pending
+from shared.models import File, FileStatus, UnitState, WorkUnit
+from shared.queue import fetch_job, job_is_pending, unit_job_id
 from shared.settings import Settings
+from shared.work import LIVE_STATES, clear_work_statements, fail_file, new_parse_unit, wake
+from worker.errors import interrupted_reason
 from worker.sweeper import sweep_if_due
 
 log = logging.getLogger("sluice.reconciler")
-LOCK_NAME = "sluice:reconciler:lock"
+RECONCILE_LOCK = 0x51CE_12EC
 _BATCH = 500
 
 
@@ -42,80 +50,100 @@ class ReconcileResult:
 
 def reconcile_once(
     session_factory: sessionmaker[Session], queue: Queue, settings: Settings
-) -> ReconcileResult:
-    """One pass. Safe to run concurrently with workers; run one at a time (see `run_locked`)."""
-    now = datetime.now(UTC)
-    queued_before = now - timedelta(seconds=settings.reconcile_queued_grace)
-    processing_before = now - timedelta(seconds=settings.job_timeout + 60)
+) -> ReconcileResult | None:
+    """One pass; None if another process is running one."""
     result = ReconcileResult()
+    now = datetime.now(UTC)
     with session_factory() as session:
-        candidates = session.scalars(
-            select(File)
-            .where(
-                or_(
-                    (File.status == FileStatus.queued.value) & (File.updated_at < queued_before),
-                    (File.status == FileStatus.processing.value)
-                    & (File.updated_at < processing_before),
-                )
-            )
-            .order_by(File.updated_at)
-            .limit(_BATCH)
-            .with_for_update(skip_locked=True)
-        ).all()
-        for file in candidates:
-            if job_is_pending(fetch_job(queue, file.id)):
-                continue
-            if file.attempts > settings.job_max_retries:
-                file.status = FileStatus.failed.value
-                file.error = (
-                    f"processing was interrupted {file.attempts} times (worker lost or timed "
-                    f"out); last error: {file.error or 'none recorded'}"
-                )
-                file.finished_at = now
-                result.failed += 1
-            else:
-                file.status = FileStatus.queued.value
-                file.stage = None
-                file.queued_at = now
-                result.requeued += 1
-        # Commit before enqueueing: a worker must never see an uncommitted state.
+        if not session.scalar(select(func.pg_try_advisory_xact_lock(RECONCILE_LOCK))):
+            return None
+        _expired_leases(session, settings, result)
+        _lost_deliveries(session, queue, now - timedelta(seconds=settings.reconcile_queued_grace),
+                         result)
+        _files_without_work(session, now - timedelta(seconds=settings.reconcile_queued_grace),
+                            result)
         session.commit()
-        for file in candidates:
-            if file.status == FileStatus.queued.value:
-                enqueue_ingest(queue, settings, file.id)
     sweep_if_due(session_factory, settings)  # leftover upload bytes: see worker.sweeper
     if result.requeued or result.failed:
-        log.warning(
-            "reconciler.fixed requeued=%d failed=%d", result.requeued, result.failed
-        )
+        log.warning("reconciler.fixed requeued=%d failed=%d", result.requeued, result.failed)
+        try:
+            wake(queue.connection)
+        except RedisError:
+            pass  # the dispatcher runs on a timer too
     return result
 
 
-def run_locked(
-    redis: Redis, session_factory: sessionmaker[Session], queue: Queue, settings: Settings
-) -> ReconcileResult | None:
-    """Run one pass if no other process holds the reconciler lock."""
-    lock = redis.lock(LOCK_NAME, timeout=max(settings.reconcile_interval * 2, 60))
-    if not lock.acquire(blocking=False):
-        return None
-    try:
-        return reconcile_once(session_factory, queue, settings)
-    finally:
+def _expired_leases(session: Session, settings: Settings, result: ReconcileResult) -> None:
+    units = session.scalars(
+        select(WorkUnit)
+        .where(WorkUnit.state == UnitState.running.value, WorkUnit.lease_expires_at < func.now())
+        .order_by(WorkUnit.lease_expires_at).limit(_BATCH)
+        .with_for_update(skip_locked=True)  # a unit whose worker is writing it is not dead
+    ).all()
+    for unit in units:
+        log.warning("unit.lease_expired unit=%s file_id=%s attempt=%s worker=%s try=%d",
+                    unit.id, unit.file_id, unit.attempt, unit.worker, unit.tries)
+        if unit.tries > settings.job_max_retries:
+            # Never wait for a file's lock while holding a unit's (a delete locks the file
+            # first): a busy or deleted file is left to the next pass.
+            file = session.scalar(select(File).where(File.id == unit.file_id)
+                                  .with_for_update(skip_locked=True))
+            if file is not None:
+                fail_file(session, file, interrupted_reason(unit.tries))
+                result.failed += 1
+        else:
+            unit.state, unit.lease_expires_at = UnitState.pending.value, None
+            unit.error = "interrupted: the worker stopped renewing its lease"
+            unit.not_before = func.now()
+            result.requeued += 1
+
+
+def _lost_deliveries(
+    session: Session, queue: Queue, dispatched_before: datetime, result: ReconcileResult
+) -> None:
+    units = session.scalars(
+        select(WorkUnit)
+        .where(WorkUnit.state == UnitState.dispatched.value,
+               WorkUnit.dispatched_at < dispatched_before)
+        .limit(_BATCH).with_for_update(skip_locked=True)
+    ).all()
+    for unit in units:
         try:
-            lock.release()
-        except RedisError:
-            pass  # expired or Redis gone: the lock times out by itself
+            pending = job_is_pending(fetch_job(queue, unit_job_id(unit.id, unit.attempt)))
+        except RedisError as err:
+            log.warning("reconciler.redis_unavailable error=%s", err)
+            return  # cannot tell lost from waiting: next pass
+        if not pending:
+            unit.state, unit.dispatched_at = UnitState.pending.value, null()
+            result.requeued += 1
+
+
+def _files_without_work(session: Session, before: datetime, result: ReconcileResult) -> None:
+    files = session.scalars(
+        select(File)
+        .where(File.status.in_((FileStatus.queued.value, FileStatus.processing.value)),
+               File.updated_at < before,
+               ~exists().where(WorkUnit.file_id == File.id, WorkUnit.state.in_(LIVE_STATES)))
+        .limit(_BATCH).with_for_update(skip_locked=True)
+    ).all()
+    for file in files:
+        for stmt in clear_work_statements(file.id):
+            session.execute(stmt)
+        session.add(new_parse_unit(file.id, file.owner_id))
+        file.status, file.stage, file.progress = FileStatus.queued.value, None, 0.0
+        file.segments_total = file.segments_done = file.chunk_count = 0
+        result.requeued += 1
 
 
 class ReconcilerThread(threading.Thread):
-    """Runs `run_locked` every RECONCILE_INTERVAL until stopped; never dies on errors."""
+    """Runs `reconcile_once` every RECONCILE_INTERVAL until stopped; never dies on errors."""
 
     def __init__(
         self, redis: Redis, session_factory: sessionmaker[Session], queue: Queue,
         settings: Settings, on_result: Callable[[ReconcileResult], None] | None = None,
     ):
         super().__init__(name="sluice-reconciler", daemon=True)
-        self._args = (redis, session_factory, queue, settings)
+        self._args = (session_factory, queue, settings)
         self._on_result = on_result  # e.g. the worker's metrics
         self._interval = settings.reconcile_interval
         self._stop_event = threading.Event()
@@ -123,7 +151,7 @@ class ReconcilerThread(threading.Thread):
     def run(self) -> None:
         while not self._stop_event.wait(self._interval):
             try:
-                result = run_locked(*self._args)
+                result = reconcile_once(*self._args)
                 if result is not None and self._on_result is not None:
                     self._on_result(result)
             except (RedisError, SQLAlchemyError) as err:

@@ -10,7 +10,9 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,9 +28,12 @@ from shared.models import AppConfig
 from shared.queue import make_queue
 from shared.redis_pool import create_redis
 from shared.settings import Settings
+from shared.work import Claim
 from worker.pipeline.chunk import Chunker
 
 log = logging.getLogger("sluice.worker")
+LOADS: Counter[str] = Counter()
+"""Model and app-config loads of this process, counted where the loads happen."""
 
 
 @dataclass(frozen=True)
@@ -65,7 +70,19 @@ class Runtime:
     embedder: Embedder
     chunker: Chunker
     name: str
-    counters: dict[str, int] = field(default_factory=lambda: {"model_loads": 0, "config_loads": 0})
+    counters: Counter[str] = field(default_factory=Counter)
+    _held: Claim | None = None
+    _held_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def hold(self, claim: Claim | None) -> None:
+        """The unit whose lease the heartbeat renews (None: nothing held)."""
+        with self._held_lock:
+            self._held = claim
+
+    @property
+    def held(self) -> Claim | None:
+        with self._held_lock:
+            return self._held
 
     def facts(self) -> dict[str, str]:
         """Published in Redis so operators (and tests) can see what this worker loaded."""
@@ -73,11 +90,12 @@ class Runtime:
             "pid": str(os.getpid()),
             "model": self.embedder.name,
             "embedding_backend": self.embedder.backend,
-            "model_loads": str(self.counters["model_loads"]),
-            "config_loads": str(self.counters["config_loads"]),
+            "model_loads": str(LOADS["model_loads"]),
+            "config_loads": str(LOADS["config_loads"]),
             "embed_threads": str(self.embedder.threads),
-            "jobs_done": str(self.counters.get("jobs_done", 0)),
-            "jobs_failed": str(self.counters.get("jobs_failed", 0)),
+            "jobs_done": str(self.counters["units_done"]),
+            "jobs_failed": str(self.counters["units_failed"]),
+            "files_done": str(self.counters["files_done"]),
             "db_pool_size": str(self.settings.worker_db_pool_size),
             # NullPool (behind PgBouncer) has no checked-out count: nothing is pooled here.
             "db_checked_out": str(getattr(self.engine.pool, "checkedout", lambda: 0)()),
@@ -95,11 +113,15 @@ def get_runtime() -> Runtime:
 
 def load_app_config(session_factory: sessionmaker[Session]) -> dict[str, Any]:
     with session_factory() as session:
-        return {row.key: row.value for row in session.scalars(select(AppConfig))}
+        rows = {row.key: row.value for row in session.scalars(select(AppConfig))}
+    LOADS["config_loads"] += 1
+    return rows
 
 
 def load_embedder(settings: Settings, processes_sharing_cpus: int = 1) -> Embedder:
-    return encoders.load_embedder(settings, embed_threads(settings, processes_sharing_cpus))
+    embedder = encoders.load_embedder(settings, embed_threads(settings, processes_sharing_cpus))
+    LOADS["model_loads"] += 1
+    return embedder
 
 
 def boot(settings: Settings, processes_sharing_cpus: int = 1) -> Runtime:
@@ -124,8 +146,6 @@ def boot(settings: Settings, processes_sharing_cpus: int = 1) -> Runtime:
         queue=make_queue(redis, settings), config=config, embedder=embedder, chunker=chunker,
         name=f"sluice-worker.{socket.gethostname()}.{os.getpid()}",
     )
-    runtime.counters["model_loads"] = 1
-    runtime.counters["config_loads"] = 1
     _runtime = runtime
     log.info(
         "worker.boot model=%s backend=%s dim=%d threads=%d model_load=%.2fs warm_up=%.2fs "

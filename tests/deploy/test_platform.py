@@ -94,7 +94,8 @@ def test_keda_reads_the_queue_the_workers_work(rendered: dict[str, list[Doc]]) -
     meta = trigger["metadata"]
     assert meta["serverAddress"] == "https://thanos-querier.openshift-monitoring.svc.cluster.local:9092"
     assert meta["namespace"] == so["metadata"]["namespace"]
-    queues = re.findall(r'sluice_queue_depth\{queue="([^"]+)"\}', meta["query"])
+    # The backlog in Postgres (RQ holds only a few units per worker).
+    queues = re.findall(r'sluice_work_backlog\{queue="([^"]+)"\}', meta["query"])
     assert queues == [config(docs)["QUEUE_NAME"]]
     assert meta["authModes"] == "bearer"
     auth = one(docs, "TriggerAuthentication", trigger["authenticationRef"]["name"])

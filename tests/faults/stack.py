@@ -14,6 +14,7 @@ import contextlib
 import json
 import signal
 import subprocess
+import threading
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,12 +23,10 @@ from typing import Any
 import httpx
 import psutil
 from redis import Redis
-from rq.job import Job
-from rq.serializers import JSONSerializer
 from sqlalchemy import Engine, text
 
+from shared.events import EVENTS_CHANNEL
 from shared.local.embedded import EmbeddedPostgres, EmbeddedRedis
-from shared.queue import job_id_for
 from shared.settings import Settings
 from tests.support.helpers import free_port, wait_until
 from tests.support.stack import (
@@ -168,14 +167,20 @@ class FaultStack:
                 return facts
         raise AssertionError(f"no facts published by worker pid {pid}")
 
+    def running_units(self, file_id: str) -> dict[int, int]:
+        """{unit id: PID of the worker holding it} for the file's `running` units (a
+        worker's name ends with its PID)."""
+        rows = self.sql("SELECT id, worker FROM work_units WHERE file_id = :i AND state = 'running'",
+                        i=uuid.UUID(file_id))
+        return {int(uid): int(str(name).rsplit(".", 1)[-1]) for uid, name in rows}
+
     def job_worker_pid(self, file_id: str) -> int | None:
-        """PID of the worker running the file's RQ job (its name ends with the PID)."""
-        try:
-            job = Job.fetch(job_id_for(file_id), connection=self.rc, serializer=JSONSerializer)
-        except Exception:
-            return None
-        name = job.worker_name or ""
-        return int(name.rsplit(".", 1)[-1]) if name.rsplit(".", 1)[-1].isdigit() else None
+        """PID of a worker running one of the file's units now."""
+        return next(iter(self.running_units(file_id).values()), None)
+
+    def unit_tries(self, file_id: str) -> dict[int, int]:
+        return {int(uid): int(t) for uid, t in self.sql(
+            "SELECT id, tries FROM work_units WHERE file_id = :i", i=uuid.UUID(file_id))}
 
     def assert_no_checked_out_connections(self, timeout: float = 30) -> None:
         """Workers report 0 checked out; no sluice connection is left mid-transaction;
@@ -192,7 +197,12 @@ class FaultStack:
                 self.live_workers()) and sum(web.values()) <= (
                 s.database_pool_size + s.database_pool_max_overflow) * self._webuis()
 
-        wait_until(quiet, timeout, "no connection left busy; pools within their limits")
+        try:
+            wait_until(quiet, timeout, "no connection left busy; pools within their limits")
+        except AssertionError as err:
+            rows = self.sql("SELECT application_name, state, query FROM pg_stat_activity "
+                            "WHERE application_name LIKE 'sluice-%'")
+            raise AssertionError(f"{err}: {rows}") from None
 
     def _webuis(self) -> int:
         return sum(1 for p in self.procs if p.popen.poll() is None and "webui" in p.popen.args)
@@ -206,6 +216,35 @@ def unavailable(r: httpx.Response) -> bool:
         return bool(r.json()["code"] == "service_unavailable")
     except (json.JSONDecodeError, KeyError):
         return False
+
+
+class EventLog(threading.Thread):
+    """Every file event the workers publish, in the order Redis delivers them."""
+
+    def __init__(self, redis: Redis):
+        super().__init__(name="event-log", daemon=True)
+        self._pubsub = redis.pubsub(ignore_subscribe_messages=True)
+        self._pubsub.subscribe(EVENTS_CHANNEL)
+        self.events: list[dict[str, Any]] = []
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.is_set():
+            message = self._pubsub.get_message(timeout=0.2)
+            if message is not None:
+                self.events.append(json.loads(message["data"]))
+
+    def of(self, file_id: str) -> list[dict[str, Any]]:
+        return [e for e in list(self.events) if e["file_id"] == file_id]
+
+    def __enter__(self) -> EventLog:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop_event.set()
+        self.join(5)
+        self._pubsub.close()
 
 
 def long_text(chunks: int, label: str = "doc") -> bytes:

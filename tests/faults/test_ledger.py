@@ -4,10 +4,10 @@ Every upload's answer is recorded. At the end every acknowledged (202) upload mu
 `done`, or `failed` with a reason if it was built to fail; no file has duplicate chunks;
 Postgres holds no file nobody was told about; nothing is left checked out.
 
-A kill takes the worker down with its children (RQ's scheduler, the parser forkserver),
-as a pod's death would. Kills land while the victim runs a job: a worker killed inside
-RQ's maintenance pass leaves RQ's cleaning lock held for 15 minutes, which a bounded
-test cannot wait out (see the report of this suite).
+A few uploads are big (several segments each), mixed with the small ones.
+A kill takes the worker down with its children (the parser forkserver), as a pod's
+death would. Kills land while the victim runs a unit; recovery rests on the units'
+leases in Postgres, not on RQ's cleanup (whose lock a killed worker can leave held).
 Set SLUICE_LEDGER_SEED to replay another schedule.
 """
 
@@ -39,9 +39,11 @@ FAULT_ENV = {
     "RECONCILE_INTERVAL": "1",
     "RECONCILE_QUEUED_GRACE": "2",
     "REDIS_SOCKET_TIMEOUT": "5",
+    "UNIT_LEASE_SECONDS": "4",
+    "SEGMENT_CHUNKS": "8",  # the big files are several segments each
 }
 SEED = int(os.environ.get("SLUICE_LEDGER_SEED", "20261127"))
-UPLOADS, BUILT_TO_FAIL, KILLS = 100, 6, 3
+UPLOADS, BUILT_TO_FAIL, BIG, KILLS = 100, 6, 4, 3
 BUDGET_S = 180
 
 
@@ -54,7 +56,8 @@ class Spec:
 
 
 def _specs(rng: random.Random) -> list[Spec]:
-    to_fail = set(rng.sample(range(UPLOADS), BUILT_TO_FAIL))
+    picked = rng.sample(range(UPLOADS), BUILT_TO_FAIL + BIG)
+    to_fail, big = set(picked[:BUILT_TO_FAIL]), set(picked[BUILT_TO_FAIL:])
     specs = []
     for i in range(UPLOADS):
         nonce = uuid.UUID(int=rng.getrandbits(128)).hex
@@ -64,7 +67,8 @@ def _specs(rng: random.Random) -> list[Spec]:
         elif i in to_fail:  # a real PDF with no text in it
             specs.append(Spec(f"f{i}.pdf", make_pdf([[]]) + f"% {nonce}\n".encode(), True, pause))
         else:
-            sentences = rng.randint(3, 30)  # 1-3 chunks
+            # 1-3 chunks, or ~30 (4 segments) for a big one
+            sentences = rng.randint(450, 550) if i in big else rng.randint(3, 30)
             body = " ".join(f"Ledger {i} line {j}: salt marsh, tidal creek, sluice."
                             for j in range(sentences))
             specs.append(Spec(f"g{i}.txt", f"{nonce}\n{body}\n".encode(), False, pause))
@@ -190,6 +194,8 @@ def test_ledger_under_worker_kills_and_a_redis_restart(fault_stack: FaultStack, 
         "SELECT f.id FROM files f LEFT JOIN chunks c ON c.file_id = f.id "
         "GROUP BY f.id, f.chunk_count HAVING f.chunk_count <> count(c.idx)")
     assert not mismatched
+    big = fault_stack.sql("SELECT count(*) FROM files WHERE segments_total >= 3 AND status = 'done'")
+    assert big[0][0] >= BIG - 1, big  # the big ones really were several segments
     assert sum("killed" in e for e in done_events) >= 2, done_events  # the schedule really ran
     fault_stack.assert_no_checked_out_connections()
     assert time.monotonic() - started <= BUDGET_S

@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import signal
 import time
+import uuid
 from typing import Any
 
 import httpx
 import pytest
-from rq.job import Job, JobStatus
-from rq.serializers import JSONSerializer
 
-from shared.queue import job_id_for
 from tests.faults.stack import FaultStack, WebUI, long_text
 from tests.support.helpers import upload, wait_for_status, wait_until
 
 FAULT_ENV = {
     "JOB_MONITORING_INTERVAL": "1",
+    "UNIT_LEASE_SECONDS": "4",
+    "RECONCILE_INTERVAL": "1",
+    "SEGMENT_CHUNKS": "64",  # the long documents here are one segment each
     "WORKER_HEARTBEAT_GRACE": "4",
     "WORKER_MAINTENANCE_INTERVAL": "2",
     "JOB_RETRY_DELAY": "1",
@@ -45,8 +46,7 @@ def _start_long_job(fault_stack: FaultStack, client: httpx.Client, chunks: int) 
     assert r.status_code == 202, r.text
     fid = r.json()["id"]
     wait_until(lambda: _file(client, fid)["stage"] == "embed", 60, "the job to be embedding")
-    pid = fault_stack.job_worker_pid(fid)
-    assert pid is not None
+    pid: int = wait_until(lambda: fault_stack.job_worker_pid(fid), 30, "a segment running")
     return fid, pid
 
 
@@ -54,11 +54,9 @@ def test_worker_killed_mid_job_is_retried_by_another_worker(
     fault_stack: FaultStack, web: WebUI
 ) -> None:
     s = fault_stack.settings
-    # The job's heartbeat expires, then the other worker's next maintenance pass (at
-    # most two intervals apart) retries it; RQ schedules retries in whole seconds and
-    # its scheduler looks once a second.
-    bound = (s.job_monitoring_interval + s.worker_heartbeat_grace
-             + 2 * s.worker_maintenance_interval + s.job_retry_delay + 2 + SLACK_S)
+    # The unit's lease in Postgres runs out, the other worker's reconciler (every
+    # RECONCILE_INTERVAL) puts it back in the backlog, its dispatcher hands it to RQ.
+    bound = s.lease_seconds + s.reconcile_interval + s.dispatch_interval + 2 + SLACK_S
     with fault_stack.client(fault_stack.user()) as client:
         fid, pid = _start_long_job(fault_stack, client, chunks=60)
         victim = next(p for p in fault_stack.live_workers() if p.pid == pid)
@@ -72,7 +70,7 @@ def test_worker_killed_mid_job_is_retried_by_another_worker(
                             bound + 60, "a second attempt")
         recovered_s = time.monotonic() - killed_at
         assert recovered_s <= bound, f"retried {recovered_s:.1f}s after the kill (bound {bound}s)"
-        assert fault_stack.job_worker_pid(fid) != pid
+        assert pid not in fault_stack.running_units(fid).values()
 
         done = wait_for_status(client, fid, timeout=120)
     assert done["status"] == "done", done
@@ -98,6 +96,8 @@ def test_sigterm_finishes_the_job_then_exits_0(fault_stack: FaultStack, web: Web
         assert worker.popen.wait(60) == 0, worker.log()[-3000:]
     count, rows, distinct = fault_stack.chunk_facts(fid)
     assert count == rows == distinct > 0
-    job = Job.fetch(job_id_for(fid), connection=fault_stack.rc, serializer=JSONSerializer)
-    assert job.get_status() == JobStatus.FINISHED  # nothing left for another worker to "recover"
+    # Nothing left for another worker to "recover": every unit done, once.
+    assert set(fault_stack.unit_tries(fid).values()) == {1}
+    assert fault_stack.sql("SELECT DISTINCT state FROM work_units WHERE file_id = :i",
+                           i=uuid.UUID(fid)) == [("done",)]
     assert "warm shut down" in worker.log().lower() or "stopping on request" in worker.log()

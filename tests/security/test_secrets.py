@@ -14,20 +14,27 @@ import httpx
 import psutil
 import pytest
 from redis import Redis
-from rq.job import Job
-from rq.serializers import JSONSerializer
 from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
 
-from shared.queue import job_id_for
+from shared.queue import UNIT_FUNC
 from tests.security import hostile
 from tests.support.helpers import free_port, upload, wait_for_status
-from tests.support.stack import ApiUser, Proc, Stack, make_user, start_webui, start_worker, wait_webui_ready
+from tests.support.stack import (
+    ApiUser,
+    Proc,
+    Stack,
+    make_user,
+    start_webui,
+    start_worker,
+    unit_jobs,
+    wait_webui_ready,
+)
 
 
-def _job_hash(redis: Redis, file_id: str) -> dict[str, bytes]:
+def _job_hash(redis: Redis, job_id: str) -> dict[str, bytes]:
     """Every field of the RQ job hash, `data` inflated (RQ zlib-compresses it)."""
-    fields: dict[Any, Any] = redis.hgetall(f"rq:job:{job_id_for(file_id)}")
+    fields: dict[Any, Any] = redis.hgetall(f"rq:job:{job_id}")
     raw = {bytes(k).decode(): bytes(v) for k, v in fields.items()}
     assert raw, "job hash not found"
     try:
@@ -82,20 +89,22 @@ def _key_secret(key: str) -> str:
     return key.split("_", 2)[2]
 
 
-def test_job_arguments_carry_only_the_file_id(
-    client: httpx.Client, user: ApiUser, redis_client: Redis
+def test_job_arguments_carry_only_ids(
+    client: httpx.Client, user: ApiUser, redis_client: Redis, db_engine: Engine
 ) -> None:
     r = upload(client, "plain.txt", f"job arguments {uuid.uuid4()}\n".encode())
     assert r.status_code == 202, r.text
     file_id = r.json()["id"]
-    job = Job.fetch(job_id_for(file_id), connection=redis_client, serializer=JSONSerializer)
-    assert job.func_name == "worker.jobs.ingest_file"
-    assert list(job.args) == [file_id]
-    assert job.kwargs == {}
-    for field, value in _job_hash(redis_client, file_id).items():
-        for secret in (user.key, _key_secret(user.key), user.email):
-            assert secret.encode() not in value, f"{secret!r} in job field {field}"
     assert wait_for_status(client, file_id, timeout=60)["status"] == "done"
+    jobs = unit_jobs(db_engine, redis_client, file_id)
+    assert len(jobs) == 2  # its parse unit and its one segment
+    for job in jobs:
+        assert job.func_name == UNIT_FUNC
+        assert [type(a) for a in job.args] == [int, int]  # (unit id, attempt)
+        assert job.kwargs == {}
+        for field, value in _job_hash(redis_client, job.id).items():
+            for secret in (user.key, _key_secret(user.key), user.email, file_id):
+                assert secret.encode() not in value, f"{secret!r} in job field {field}"
 
 
 def test_api_keys_never_reach_the_logs_or_redis(
@@ -181,9 +190,9 @@ def test_database_password_and_api_key_never_leak(
         ids = [done.json()["id"], bomb.json()["id"]]
         bodies = [wait_for_status(c, fid, timeout=60) for fid in ids]
         assert [b["status"] for b in bodies] == ["done", "failed"], bodies
-        jobs = [Job.fetch(job_id_for(fid), connection=redis_client, serializer=JSONSerializer)
-                for fid in ids]
-        assert [list(job.args) for job in jobs] == [[fid] for fid in ids]
+        for fid in ids:
+            jobs = unit_jobs(db_engine, redis_client, fid)
+            assert jobs and all([type(a) for a in j.args] == [int, int] for j in jobs)
         assert c.get("/api/v1/me").status_code == 200
 
     secrets = [canary_stack.password, user.key, _key_secret(user.key)]

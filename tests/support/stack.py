@@ -8,17 +8,22 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 from redis import Redis
-from sqlalchemy import Engine
+from rq.job import Job
+from rq.serializers import JSONSerializer
+from sqlalchemy import Engine, func, text
 
 from shared.accounts import create_key, ensure_user
 from shared.db import sync_session_factory
 from shared.local.embedded import EmbeddedPostgres, EmbeddedRedis
 from shared.local.lifeline import die_with_parent, tether
+from shared.models import File, WorkUnit
+from shared.queue import unit_job_id
 from tests.support.helpers import wait_until
 
 # Short intervals so retries, heartbeats and the reconciler act within a test's time.
@@ -138,3 +143,31 @@ def make_user(db_engine: Engine, label: str = "user") -> ApiUser:
 class Servers:
     postgres: EmbeddedPostgres
     redis: EmbeddedRedis
+
+
+def insert_file(
+    db_engine: Engine, owner_id: str, storage_key: str, *, unit_state: str = "pending",
+    attempt: int = 0,
+) -> tuple[str, int]:
+    """A `queued` file row and its parse unit, as the webui's upload commits them (the
+    bytes are the caller's business). Returns (file id, unit id)."""
+    fid = uuid.uuid4()
+    with db_engine.begin() as conn:
+        conn.execute(File.__table__.insert().values(
+            id=fid, owner_id=uuid.UUID(owner_id), filename="late.txt", size_bytes=10,
+            sha256=uuid.uuid4().hex * 2, storage_key=storage_key, status="queued"))
+        unit_id = conn.execute(WorkUnit.__table__.insert().values(
+            file_id=fid, owner_id=uuid.UUID(owner_id), kind="parse", ordinal=0, state=unit_state,
+            attempt=attempt, dispatched_at=func.now() if unit_state == "dispatched" else None,
+        ).returning(WorkUnit.id)).scalar_one()
+    return str(fid), int(unit_id)
+
+
+def unit_jobs(db_engine: Engine, redis: Redis, file_id: str) -> list[Job]:
+    """The RQ jobs that delivered the file's units (latest attempt each), in unit order."""
+    with db_engine.connect() as conn:
+        units = conn.execute(text(
+            "SELECT id, attempt FROM work_units WHERE file_id = :i ORDER BY id"),
+            {"i": uuid.UUID(file_id)}).all()
+    return [Job.fetch(unit_job_id(u, a), connection=redis, serializer=JSONSerializer)
+            for u, a in units]

@@ -20,8 +20,19 @@ from pathlib import Path
 import docx
 import pytest
 
-from shared.document_errors import DocumentRejected, ParserCrashed, ParserLimitExceeded
-from worker.pipeline.isolated import ParsedDocument, _run_child, parse_isolated, start_parser_server
+from shared.document_errors import (
+    DocumentRejected,
+    ParserCrashed,
+    ParserLimitExceeded,
+    ParserOutOfWallTime,
+)
+from worker.pipeline.isolated import (
+    WALL_FACTOR,
+    ParsedDocument,
+    _run_child,
+    parse_isolated,
+    start_parser_server,
+)
 
 
 def parse(path: Path, name: str) -> ParsedDocument:
@@ -95,12 +106,14 @@ def test_empty_file_is_rejected_in_child(tmp_path: Path) -> None:
         parse(path, "empty.pdf")
 
 
-def test_hang_is_stopped_at_the_wall_clock_limit() -> None:
+def test_hang_is_stopped_at_the_wall_clock_limit_as_retryable() -> None:
+    """No CPU used, wall time gone (a starved or blocked parser): not the document's
+    fault, so not a rejection; the job runner retries it."""
     started = time.monotonic()
-    with pytest.raises(ParserLimitExceeded, match="exceeded its 1 s time limit") as info:
+    with pytest.raises(ParserOutOfWallTime, match="wall-clock time") as info:
         _run_child(time.sleep, (60,), timeout_s=1, memory_mb=512)
-    assert info.value.limit == "time"
-    assert time.monotonic() - started < 5
+    assert not isinstance(info.value, DocumentRejected)
+    assert time.monotonic() - started < 2 * WALL_FACTOR + 2
 
 
 def test_cpu_limit_maps_sigxcpu_to_time_limit() -> None:

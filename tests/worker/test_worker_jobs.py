@@ -5,17 +5,19 @@ from __future__ import annotations
 import time
 import uuid
 from datetime import UTC, datetime
+from typing import Any
 
 import httpx
 from redis import Redis
+from rq.job import JobStatus
 from sqlalchemy import Engine, text
 
-from shared.models import File
-from shared.queue import enqueue_ingest, make_queue
+from shared.queue import UNIT_FUNC, make_queue, unit_job_id
 from shared.settings import Settings
 from shared.storage import new_storage_key, stored_path
+from shared.work import wake
 from tests.support.helpers import upload, wait_for_status, wait_until
-from tests.support.stack import ApiUser, Stack, make_user
+from tests.support.stack import ApiUser, Stack, insert_file, make_user
 from worker.main import FACTS_KEY
 
 
@@ -43,7 +45,9 @@ def test_model_and_config_load_once_and_no_connection_leaks(
     for fid in ids:
         assert wait_for_status(client, fid)["status"] == "done"
     facts = _facts(redis_client, stack.worker.pid)
-    assert int(facts["jobs_done"]) >= 50
+    assert int(facts["files_done"]) >= 50
+    assert int(facts["jobs_done"]) >= 100  # a parse unit and a segment unit per file
+    # Counted where the loads happen (runtime.load_embedder / load_app_config).
     assert facts["model_loads"] == "1"
     assert facts["config_loads"] == "1"
 
@@ -57,47 +61,48 @@ def test_model_and_config_load_once_and_no_connection_leaks(
     assert n is not None and 0 < n <= settings.worker_db_pool_size
 
 
-def test_same_job_twice_gives_the_same_chunks(
+def _snapshot(db_engine: Engine, fid: str) -> dict[str, Any]:
+    with db_engine.connect() as conn:
+        file = conn.execute(text(
+            "SELECT status, updated_at, attempts, chunk_count, segments_done, segments_total "
+            "FROM files WHERE id = :i"), {"i": fid}).one()
+        chunks = conn.execute(text(
+            "SELECT id, idx, text FROM chunks WHERE file_id = :i ORDER BY idx"), {"i": fid}).all()
+        units = conn.execute(text(
+            "SELECT id, kind, ordinal, state, attempt, tries, updated_at FROM work_units "
+            "WHERE file_id = :i ORDER BY id"), {"i": fid}).all()
+    return {"file": tuple(file), "chunks": [tuple(c) for c in chunks],
+            "units": [tuple(u) for u in units]}
+
+
+def test_deliveries_for_a_done_file_change_nothing(
     client: httpx.Client, settings: Settings, redis_client: Redis, db_engine: Engine
 ) -> None:
+    """Redis may deliver a job again (after an outage, a lost ack) or late: a done unit
+    cannot be claimed again, whatever attempt the delivery names."""
     text_body = " ".join(f"Sentence {i} about estuaries and tides." for i in range(400))
     fid = upload(client, "long.txt", f"{uuid.uuid4()}\n{text_body}".encode()).json()["id"]
     first = wait_for_status(client, fid)
-    assert first["chunk_count"] > 3
+    assert first["status"] == "done" and first["chunk_count"] > 3
+    before = _snapshot(db_engine, fid)
+    assert {u[3] for u in before["units"]} == {"done"}
+    assert len({c[1] for c in before["chunks"]}) == len(before["chunks"]) == first["chunk_count"]
 
-    def chunks() -> list[tuple[int, str]]:
-        with db_engine.connect() as conn:
-            return [tuple(r) for r in conn.execute(text(
-                "SELECT idx, text FROM chunks WHERE file_id = :i ORDER BY idx"), {"i": fid})]
-
-    before = chunks()
-    assert enqueue_ingest(make_queue(redis_client, settings), settings, fid)
-    wait_until(lambda: client.get(f"/api/v1/files/{fid}").json()["attempts"] == 2, 60, "rerun")
-    after = wait_for_status(client, fid)
-    assert after["status"] == "done"
-    assert chunks() == before
-    assert len({i for i, _ in before}) == len(before) == after["chunk_count"]
-
-
-def test_second_enqueue_of_a_pending_file_is_a_noop(
-    settings: Settings, redis_client: Redis, db_engine: Engine, user: ApiUser
-) -> None:
     queue = make_queue(redis_client, settings)
-    fid = _insert_file(db_engine, user, storage_key=new_storage_key())  # no bytes: will fail
-    assert enqueue_ingest(queue, settings, fid) is True
-    assert enqueue_ingest(queue, settings, fid) is False
+    replayed = []
+    for unit_id, _, _, _, attempt, _, _ in before["units"]:
+        for a in (attempt, attempt + 1):  # the original delivery again, and one from nowhere
+            job = queue.enqueue_call(UNIT_FUNC, args=(unit_id, a),
+                                     job_id=f"{unit_job_id(unit_id, a)}-replay-{uuid.uuid4().hex}")
+            replayed.append(job)
 
+    def finished() -> bool:
+        return all(j.get_status(refresh=True) == JobStatus.FINISHED for j in replayed)
 
-def _insert_file(db_engine: Engine, user: ApiUser, storage_key: str) -> str:
-    fid = uuid.uuid4()
-    with db_engine.begin() as conn:
-        conn.execute(
-            File.__table__.insert().values(
-                id=fid, owner_id=uuid.UUID(user.id), filename="late.txt", size_bytes=10,
-                sha256=uuid.uuid4().hex * 2, storage_key=storage_key, status="queued",
-            )
-        )
-    return str(fid)
+    wait_until(finished, 60, "the replayed deliveries to run")
+    assert all(j.return_value()["outcome"] == "skipped" for j in replayed)
+    assert _snapshot(db_engine, fid) == before  # status, updated_at, chunks, units
+    assert client.get(f"/api/v1/files/{fid}").json() == first
 
 
 def test_transient_failure_is_retried_after_the_delay_and_succeeds(
@@ -107,12 +112,13 @@ def test_transient_failure_is_retried_after_the_delay_and_succeeds(
     # The bytes are not on the shared volume yet (a slow RWX mount): attempt 1
     # fails, the retry JOB_RETRY_DELAY later finds them.
     key = new_storage_key()
-    fid = _insert_file(db_engine, user, key)
-    enqueue_ingest(make_queue(redis_client, settings), settings, fid)
+    fid, _ = insert_file(db_engine, user.id, key)
+    wake(redis_client)
     body = wait_until(
         lambda: (b := client.get(f"/api/v1/files/{fid}").json())["attempts"] >= 1
         and b["error"] and b, 30, "first attempt to fail")
-    assert "retrying" in body["error"] and "StoredBytesMissing" in body["error"]
+    assert "retrying" in body["error"] and "not on the server's storage" in body["error"]
+    assert "StoredBytesMissing" not in body["error"]  # a sentence, never a class name
     failed_at = datetime.now(UTC)
     path = stored_path(settings.upload_dir, key)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -130,15 +136,16 @@ def test_permanent_failure_ends_failed_after_max_retries(
     client: httpx.Client, user: ApiUser, settings: Settings, redis_client: Redis,
     db_engine: Engine,
 ) -> None:
-    fid = _insert_file(db_engine, user, new_storage_key())
+    fid, _ = insert_file(db_engine, user.id, new_storage_key())
     t0 = time.monotonic()
-    enqueue_ingest(make_queue(redis_client, settings), settings, fid)
+    wake(redis_client)
     body = wait_for_status(client, fid, {"failed"}, timeout=90)
     elapsed = time.monotonic() - t0
     assert body["attempts"] == settings.job_max_retries + 1
-    assert "StoredBytesMissing" in body["error"] and "retrying" not in body["error"]
-    # each retry waited JOB_RETRY_DELAY (RQ schedules in whole seconds: up to 1 s less)
-    assert elapsed >= settings.job_max_retries * (settings.job_retry_delay - 1)
+    assert "not on the server's storage" in body["error"] and "retrying" not in body["error"]
+    assert "StoredBytesMissing" not in body["error"]
+    # each retry waited JOB_RETRY_DELAY (scheduled from Postgres: `not_before`)
+    assert elapsed >= settings.job_max_retries * settings.job_retry_delay
 
     # Only its owner may retry it; attempts start over and it fails the same way again.
     other_key = make_user(db_engine, "other").key

@@ -214,14 +214,14 @@ def check_workers(inputs: Inputs) -> list[Check]:
     else:
         checks.append(Check("queue.workers", "OK", f"{q.workers} live on '{q.queue}', {q.depth} waiting, "
                             f"oldest {q.oldest_age_s:.0f} s"))
-    retries = max((t.config.get_int("job_max_retries") for t in inputs.targets), default=0)
-    if retries and not q.scheduler_running:
+    # Sluice schedules its retries in Postgres; a job scheduled in RQ came from elsewhere
+    # and needs RQ's scheduler, which Sluice's workers do not run.
+    if q.registries["scheduled"] and not q.scheduler_running:
         checks.append(Check("queue.scheduler", "CRITICAL",
-                            f"JOB_MAX_RETRIES={retries} but no RQ scheduler holds the lock for "
-                            f"'{q.queue}': retries would never run ({q.registries['scheduled']} scheduled)"))
+                            f"{q.registries['scheduled']} jobs scheduled in RQ on '{q.queue}' but no "
+                            "RQ scheduler runs them (Sluice's retries are scheduled in Postgres)"))
     else:
-        checks.append(Check("queue.scheduler", "OK",
-                            "scheduler running" if q.scheduler_running else "no retries configured"))
+        checks.append(Check("queue.scheduler", "OK", "retries are scheduled in Postgres"))
     for facts in inputs.worker_facts:
         name = facts.get("name", "?")
         loads = (facts.get("model_loads", "0"), facts.get("config_loads", "0"))

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
+from shared.dispatch import BACKLOG_SQL
 from shared.models import ApiKey, File, User
 from shared.security import generate_api_key
 from webui.deps import AdminUser, SessionDep
@@ -159,3 +160,24 @@ async def list_all_files(
     )
     return FileList(items=[FileRead.model_validate(f) for f in rows], total=total, limit=limit,
                     offset=offset)
+
+
+class BacklogRead(BaseModel):
+    owner_id: uuid.UUID
+    email: str | None
+    pending: int = Field(description="units waiting in Postgres (including retries not yet due)")
+    dispatched: int = Field(description="units handed to the queue, not yet taken by a worker")
+    running: int
+    oldest_pending_at: datetime | None
+
+
+@router.get("/backlog", response_model=list[BacklogRead])
+async def backlog(session: SessionDep, _: AdminUser) -> list[BacklogRead]:
+    """Work waiting or running per user (units: a file's parse, then its segments)."""
+    rows = (await session.execute(BACKLOG_SQL)).all()
+    emails = dict((await session.execute(
+        select(User.id, User.email).where(User.id.in_([r.owner_id for r in rows]))
+    )).tuples().all()) if rows else {}
+    return [BacklogRead(owner_id=r.owner_id, email=emails.get(r.owner_id), pending=r.pending,
+                        dispatched=r.dispatched, running=r.running,
+                        oldest_pending_at=r.oldest_pending_at) for r in rows]

@@ -14,11 +14,12 @@ from starlette.concurrency import run_in_threadpool
 
 from shared.models import File, FileStatus
 from shared.storage import remove_stored, stored_path
+from shared.work import clear_work_statements, new_parse_unit
 from webui.access import readable_file
 from webui.deps import CurrentUser, SessionDep, StateDep
 from webui.errors import ApiError, not_found
 from webui.schemas import FileList, FileRead, FileStatuses, Status, StatusQuery
-from webui.upload import enqueue, upload_file
+from webui.upload import upload_file, wake_dispatcher
 
 log = logging.getLogger("sluice.webui")
 router = APIRouter(prefix="/files", tags=["files"])
@@ -122,14 +123,21 @@ async def delete_file(
 async def retry_file(
     file_id: uuid.UUID, session: SessionDep, user: CurrentUser, state: StateDep
 ) -> File:
-    """Queue a failed file again (attempts start over)."""
-    file = await _own_file(session, user.id, file_id)
+    """Queue a failed file again (attempts start over, from parsing)."""
+    file = await session.scalar(select(File).where(File.id == file_id, File.owner_id == user.id)
+                                .with_for_update())  # one retry at a time
+    if file is None:
+        raise not_found()
     if file.status != FileStatus.failed.value:
         raise ApiError(409, "not_failed", f"only failed files can be retried; this one is {file.status}")
+    for stmt in clear_work_statements(file.id):
+        await session.execute(stmt)
+    session.add(new_parse_unit(file.id, file.owner_id))
     file.status = FileStatus.queued.value
     file.attempts, file.error, file.stage, file.progress = 0, None, None, 0.0
+    file.chunk_count, file.segments_total, file.segments_done = 0, 0, 0
     file.queued_at, file.finished_at = datetime.now(UTC), None
     await session.commit()
     await session.refresh(file)  # updated_at is set by the server
-    await enqueue(state, file.id)
+    await wake_dispatcher(state, file.id)
     return file

@@ -23,13 +23,21 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from shared.document_errors import DocumentRejected, ParserCrashed, ParserLimitExceeded
+from shared.document_errors import (
+    DocumentRejected,
+    ParserCrashed,
+    ParserLimitExceeded,
+    ParserOutOfWallTime,
+)
 
 PRELOAD = ["worker.pipeline.parse", "shared.detect", "worker.pipeline.isolated"]
 CPU_HARD_EXTRA_S = 5
 """SIGXCPU at the soft limit; the kernel SIGKILLs at soft + this."""
 MAX_FILE_WRITE_BYTES = 1024 * 1024
 """RLIMIT_FSIZE in the child: parsers have no business writing files."""
+WALL_FACTOR = 2.0
+"""Wall-clock allowance = this x the CPU-time limit: a parse that only runs out of wall
+time was starved (a busy node) and is retried; one that uses its CPU time is rejected."""
 EXIT_GRACE_S = 5.0
 """How long a child that already answered may take to exit before SIGKILL."""
 
@@ -85,11 +93,12 @@ os.register_at_fork(after_in_child=_forget_inherited_forkserver)
 def parse_isolated(
     path: Path, filename: str, *, timeout_s: float, memory_mb: int
 ) -> ParsedDocument:
-    """Detect and extract ``path`` in a child limited to ``timeout_s`` seconds
-    (wall clock and CPU) and ``memory_mb`` MiB of address space.
+    """Detect and extract ``path`` in a child limited to ``timeout_s`` seconds of CPU
+    (``WALL_FACTOR`` times that of wall clock) and ``memory_mb`` MiB of address space.
 
     Raises ``DocumentRejected`` (including ``ParserLimitExceeded``) for a
-    document that cannot be parsed, ``ParserCrashed`` for an unexplained death.
+    document that cannot be parsed, ``ParserCrashed`` for an unexplained death,
+    ``ParserOutOfWallTime`` when the node was too busy to finish in time.
     """
     text, kind = _run_child(
         _detect_and_extract, (str(path), filename), timeout_s=timeout_s, memory_mb=memory_mb
@@ -121,6 +130,7 @@ def _run_child(
     exercise the SIGXCPU path independently of the wall-clock timeout.
     """
     cpu_limit = cpu_s if cpu_s is not None else max(1, math.ceil(timeout_s))
+    wall_s = timeout_s * WALL_FACTOR
     ctx = _context()
     reader, writer = ctx.Pipe(duplex=False)
     proc = ctx.Process(
@@ -139,7 +149,7 @@ def _run_child(
         writer.close()  # so a dead child reads as EOF, not as a hang
         # Read before joining: a large result fills the pipe buffer and the
         # child cannot exit until we drain it.
-        if reader.poll(timeout_s):
+        if reader.poll(wall_s):
             try:
                 message = reader.recv()
             except (EOFError, OSError):
@@ -158,7 +168,8 @@ def _run_child(
         reader.close()
         writer.close()
     if timed_out:
-        raise ParserLimitExceeded(f"parser exceeded its {timeout_s:g} s time limit", "time")
+        raise ParserOutOfWallTime(
+            f"parser ran out of wall-clock time ({wall_s:g} s) before its {cpu_limit} s of CPU")
     return _interpret(message, exitcode=exitcode, cpu_limit=cpu_limit, memory_mb=memory_mb)
 
 

@@ -1,4 +1,4 @@
-"""Store a file's chunks: replace them in one transaction, so a rerun never duplicates."""
+"""Store one segment's chunks: replace its index range, so a rerun never duplicates."""
 
 from __future__ import annotations
 
@@ -13,29 +13,42 @@ from shared.models import Chunk
 from worker.pipeline.chunk import TextChunk
 
 
-def replace_chunks(
+def store_segment(
     session: Session,
     *,
     file_id: uuid.UUID,
     owner_id: uuid.UUID,
-    chunks: Sequence[TextChunk],
+    start: int,
+    texts: Sequence[str],
+    tokens: Sequence[int],
     vectors: np.ndarray,
     embedding_backend: str,
 ) -> int:
-    """Delete the file's old chunks and bulk-insert the new ones (caller commits)."""
-    if len(chunks) != len(vectors):
-        raise ValueError(f"{len(chunks)} chunks but {len(vectors)} vectors")
-    session.execute(delete(Chunk).where(Chunk.file_id == file_id))
-    if chunks:
+    """Replace chunks `start .. start + len(texts)` of the file (the caller commits)."""
+    if not len(texts) == len(tokens) == len(vectors):
+        raise ValueError(f"{len(texts)} chunks, {len(tokens)} counts, {len(vectors)} vectors")
+    session.execute(delete(Chunk).where(
+        Chunk.file_id == file_id, Chunk.idx >= start, Chunk.idx < start + len(texts)))
+    if texts:
         session.execute(
             insert(Chunk),
             [
                 {
-                    "file_id": file_id, "owner_id": owner_id, "idx": i, "text": c.text,
-                    "token_count": c.token_count, "embedding": v,
-                    "embedding_backend": embedding_backend,
+                    "file_id": file_id, "owner_id": owner_id, "idx": start + i, "text": t,
+                    "token_count": n, "embedding": v, "embedding_backend": embedding_backend,
                 }
-                for i, (c, v) in enumerate(zip(chunks, vectors, strict=True))
+                for i, (t, n, v) in enumerate(zip(texts, tokens, vectors, strict=True))
             ],
         )
-    return len(chunks)
+    return len(texts)
+
+
+def replace_chunks(
+    session: Session, *, file_id: uuid.UUID, owner_id: uuid.UUID, chunks: Sequence[TextChunk],
+    vectors: np.ndarray, embedding_backend: str,
+) -> int:
+    """All of a file's chunks at once (tools that load a corpus; the caller commits)."""
+    session.execute(delete(Chunk).where(Chunk.file_id == file_id))
+    return store_segment(session, file_id=file_id, owner_id=owner_id, start=0,
+                         texts=[c.text for c in chunks], tokens=[c.token_count for c in chunks],
+                         vectors=vectors, embedding_backend=embedding_backend)

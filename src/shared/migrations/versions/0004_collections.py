@@ -23,7 +23,7 @@ from alembic import context, op
 from sqlalchemy.dialects.postgresql import UUID
 
 revision = "0004"
-down_revision = "0002"
+down_revision = "0003"
 branch_labels = None
 depends_on = None
 

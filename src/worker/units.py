@@ -1,0 +1,146 @@
+"""The two kinds of work unit: parse a file into segments, embed and store a segment.
+
+Each step reads what it needs in a short transaction, does the slow part (parse,
+embed) holding no connection, then writes through `shared.work.fence`, so the write
+happens only if this attempt still owns the unit and the file still exists.
+Returns the job's outcome for the metrics: done | skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import delete, select
+
+from shared.document_errors import DocumentRejected
+from shared.models import Chunk, File, FileStatus, UnitKind, UnitState, WorkUnit
+from shared.storage import stored_path
+from shared.work import Claim, fence
+from worker.errors import StoredBytesMissing, TooManyChunks
+from worker.pipeline.chunk import TextChunk
+from worker.pipeline.isolated import parse_isolated
+from worker.pipeline.store import store_segment
+from worker.progress import publish
+from worker.runtime import Runtime, load_embedder
+
+log = logging.getLogger("sluice.worker")
+Result = dict[str, Any]
+
+
+def plan_segments(chunks: list[TextChunk], size: int) -> list[WorkUnit]:
+    """Segment units of at most `size` chunks, carrying their chunks until stored."""
+    return [
+        WorkUnit(kind=UnitKind.segment.value, ordinal=n, chunk_start=start,
+                 chunk_end=min(start + size, len(chunks)), state=UnitState.pending.value,
+                 payload={"texts": [c.text for c in chunks[start:start + size]],
+                          "tokens": [c.token_count for c in chunks[start:start + size]]})
+        for n, start in enumerate(range(0, len(chunks), size))
+    ]
+
+
+def run_parse(rt: Runtime, c: Claim) -> Result:
+    settings = rt.settings
+    with rt.session_factory() as session:
+        file = session.get(File, c.file_id)
+        if file is None:
+            return _skipped(c, "deleted")
+        storage_key, filename = file.storage_key, file.filename
+    publish(rt.redis, file_id=c.file_id, owner_id=c.owner_id, status="processing", stage="parse")
+    path = stored_path(settings.upload_dir, storage_key)
+    if not path.exists():
+        raise StoredBytesMissing("the uploaded bytes are not on the shared volume")
+    t0 = time.perf_counter()
+    parsed = parse_isolated(path, filename, timeout_s=settings.parse_timeout,
+                            memory_mb=settings.parse_memory_mb)
+    t1 = time.perf_counter()
+    chunks = rt.chunker.split(parsed.text, parsed.kind)
+    if not chunks:
+        raise DocumentRejected("no text could be extracted from this file")
+    if len(chunks) > settings.max_chunks_per_file:
+        raise TooManyChunks(len(chunks), settings.max_chunks_per_file)
+    segments = plan_segments(chunks, settings.segment_chunks)
+    t2 = time.perf_counter()
+    with rt.session_factory() as session:
+        fenced = fence(session, c)
+        if fenced is None:
+            return _skipped(c, "stale_or_deleted")
+        unit, file = fenced
+        # A parse that ran before (and lost its lease after writing nothing) left nothing;
+        # clear anyway, so this write alone defines the file's segments.
+        session.execute(delete(WorkUnit).where(WorkUnit.file_id == c.file_id,
+                                               WorkUnit.kind == UnitKind.segment.value))
+        session.execute(delete(Chunk).where(Chunk.file_id == c.file_id))
+        for seg in segments:
+            seg.file_id, seg.owner_id = c.file_id, c.owner_id
+        session.add_all(segments)
+        _unit_done(unit)
+        file.kind, file.stage, file.error = parsed.kind, "embed", None
+        file.segments_total, file.segments_done = len(segments), 0
+        file.chunk_count, file.progress = 0, 0.0
+        session.commit()
+    publish(rt.redis, file_id=c.file_id, owner_id=c.owner_id, status="processing", stage="embed",
+            progress=0.0, segments_done=0, segments_total=len(segments))
+    log.info("file.parsed file_id=%s kind=%s chunks=%d segments=%d parse=%.2fs chunk=%.2fs",
+             c.file_id, parsed.kind, len(chunks), len(segments), t1 - t0, t2 - t1)
+    return {"outcome": "done", "timings": {"parse": t1 - t0, "chunk": t2 - t1}}
+
+
+def run_segment(rt: Runtime, c: Claim) -> Result:
+    with rt.session_factory() as session:
+        payload = session.scalar(select(WorkUnit.payload).where(
+            WorkUnit.id == c.unit_id, WorkUnit.attempt == c.attempt,
+            WorkUnit.state == UnitState.running.value))
+    if not payload:
+        return _skipped(c, "stale_or_deleted")
+    texts, tokens = payload["texts"], payload["tokens"]
+    embedder = rt.embedder
+    if rt.settings.bench_reload_model_per_job:  # benchmark-only: the seed's per-job reload
+        embedder = load_embedder(rt.settings)
+    t0 = time.perf_counter()
+    vectors = embedder.encode(texts, batch_size=rt.config.embed_batch_size)
+    t1 = time.perf_counter()
+    with rt.session_factory() as session:
+        fenced = fence(session, c)
+        if fenced is None:
+            return _skipped(c, "stale_or_deleted")
+        unit, file = fenced
+        store_segment(session, file_id=c.file_id, owner_id=c.owner_id, start=c.chunk_start,
+                      texts=texts, tokens=tokens, vectors=vectors,
+                      embedding_backend=embedder.backend)
+        _unit_done(unit)
+        file.segments_done += 1
+        file.chunk_count += len(texts)
+        file.embedding_model, file.embedding_backend = embedder.name, embedder.backend
+        finished = file.segments_done >= file.segments_total
+        file.progress = 1.0 if finished else file.segments_done / max(file.segments_total, 1)
+        if finished:
+            file.status, file.stage, file.error = FileStatus.done.value, None, None
+            file.finished_at = datetime.now(UTC)
+        done, total, count = file.segments_done, file.segments_total, file.chunk_count
+        session.commit()
+    t2 = time.perf_counter()
+    if finished:
+        rt.counters["files_done"] += 1
+        publish(rt.redis, file_id=c.file_id, owner_id=c.owner_id, status="done", progress=1.0,
+                chunks=count, segments_done=done, segments_total=total)
+        log.info("file.processed file_id=%s chunks=%d segments=%d", c.file_id, count, total)
+    else:
+        publish(rt.redis, file_id=c.file_id, owner_id=c.owner_id, status="processing",
+                stage="embed", progress=done / total, segments_done=done, segments_total=total)
+    log.info("segment.stored file_id=%s segment=%d/%d chunks=%d embed=%.2fs store=%.2fs",
+             c.file_id, c.ordinal + 1, total, len(texts), t1 - t0, t2 - t1)
+    return {"outcome": "done", "timings": {"embed": t1 - t0, "store": t2 - t1}}
+
+
+def _unit_done(unit: WorkUnit) -> None:
+    unit.state, unit.payload, unit.lease_expires_at, unit.error = (
+        UnitState.done.value, None, None, None)
+
+
+def _skipped(c: Claim, why: str) -> Result:
+    log.info("file.skipped file_id=%s unit=%s attempt=%s reason=%s", c.file_id, c.unit_id,
+             c.attempt, why)
+    return {"outcome": "skipped", "reason": why}
