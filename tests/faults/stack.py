@@ -25,7 +25,7 @@ import psutil
 from redis import Redis
 from sqlalchemy import Engine, text
 
-from shared.events import EVENTS_CHANNEL
+from shared.events import EVENTS_STREAM
 from shared.local.embedded import EmbeddedPostgres, EmbeddedRedis
 from shared.settings import Settings
 from tests.support.helpers import free_port, wait_until
@@ -223,16 +223,19 @@ class EventLog(threading.Thread):
 
     def __init__(self, redis: Redis):
         super().__init__(name="event-log", daemon=True)
-        self._pubsub = redis.pubsub(ignore_subscribe_messages=True)
-        self._pubsub.subscribe(EVENTS_CHANNEL)
+        self._redis = redis
+        # Start after the newest entry already in the stream: only what happens next.
+        newest = redis.xrevrange(EVENTS_STREAM, count=1)
+        self._last: bytes | str = newest[0][0] if newest else "0-0"
         self.events: list[dict[str, Any]] = []
         self._stop_event = threading.Event()
 
     def run(self) -> None:
         while not self._stop_event.is_set():
-            message = self._pubsub.get_message(timeout=0.2)
-            if message is not None:
-                self.events.append(json.loads(message["data"]))
+            for _, entries in self._redis.xread({EVENTS_STREAM: self._last}, count=500, block=200) or []:
+                for entry_id, fields in entries:
+                    self._last = entry_id
+                    self.events.append(json.loads(fields[b"data"]))
 
     def of(self, file_id: str) -> list[dict[str, Any]]:
         return [e for e in list(self.events) if e["file_id"] == file_id]
@@ -244,7 +247,6 @@ class EventLog(threading.Thread):
     def __exit__(self, *exc: object) -> None:
         self._stop_event.set()
         self.join(5)
-        self._pubsub.close()
 
 
 def long_text(chunks: int, label: str = "doc") -> bytes:
