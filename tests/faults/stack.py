@@ -18,7 +18,7 @@ import threading
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import psutil
@@ -88,7 +88,7 @@ class FaultStack:
         return web
 
     def live_workers(self) -> list[Proc]:
-        return [p for p in self.procs if p.popen.poll() is None and p.popen.args[-1] == "worker"]
+        return [p for p in self.procs if p.popen.poll() is None and p.argv[-1] == "worker"]
 
     def kill(
         self, proc: Proc, sig: int = signal.SIGKILL, timeout: float = 30, tree: bool = False
@@ -162,7 +162,9 @@ class FaultStack:
 
     def worker_facts(self, pid: int) -> dict[str, str]:
         for key in self.rc.keys(FACTS_KEY.format(name="*")):
-            facts = {k.decode(): v.decode() for k, v in self.rc.hgetall(key).items()}
+            # decode_responses=False: field names and values are bytes.
+            raw = cast(dict[bytes, bytes], self.rc.hgetall(key))
+            facts = {k.decode(): v.decode() for k, v in raw.items()}
             if facts.get("pid") == str(pid):
                 return facts
         raise AssertionError(f"no facts published by worker pid {pid}")
@@ -205,7 +207,7 @@ class FaultStack:
             raise AssertionError(f"{err}: {rows}") from None
 
     def _webuis(self) -> int:
-        return sum(1 for p in self.procs if p.popen.poll() is None and "webui" in p.popen.args)
+        return sum(1 for p in self.procs if p.popen.poll() is None and "webui" in p.argv)
 
 
 def unavailable(r: httpx.Response) -> bool:
@@ -225,14 +227,17 @@ class EventLog(threading.Thread):
         super().__init__(name="event-log", daemon=True)
         self._redis = redis
         # Start after the newest entry already in the stream: only what happens next.
-        newest = redis.xrevrange(EVENTS_STREAM, count=1)
+        # decode_responses=False: entry ids and fields come back as bytes.
+        newest = cast(list[tuple[bytes, dict[bytes, bytes]]], redis.xrevrange(EVENTS_STREAM, count=1))
         self._last: bytes | str = newest[0][0] if newest else "0-0"
         self.events: list[dict[str, Any]] = []
         self._stop_event = threading.Event()
 
     def run(self) -> None:
         while not self._stop_event.is_set():
-            for _, entries in self._redis.xread({EVENTS_STREAM: self._last}, count=500, block=200) or []:
+            reply = cast(list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]] | None,
+                         self._redis.xread({EVENTS_STREAM: self._last}, count=500, block=200))
+            for _, entries in reply or []:
                 for entry_id, fields in entries:
                     self._last = entry_id
                     self.events.append(json.loads(fields[b"data"]))

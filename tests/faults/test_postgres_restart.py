@@ -40,6 +40,7 @@ def test_postgres_outage_answers_503_then_recovers_without_leaks(
         long = record(client, "long.txt", long_text(60))
         assert long.status == 202, long
         fid = long.file_id
+        assert fid is not None  # a 202 carries the file's id
         wait_until(lambda: client.get(f"/api/v1/files/{fid}").json()["stage"] == "embed",
                    60, "the long job to be embedding")
         uploader = cleanup.enter_context(Uploader(upload_client, "load"))

@@ -182,7 +182,7 @@ def test_delete_while_segments_run_is_quiet(fault_stack: FaultStack, web: WebUI)
     i = uuid.UUID(fid)
     assert fault_stack.sql("SELECT count(*) FROM chunks WHERE file_id = :i", i=i)[0][0] == 0
     assert fault_stack.sql("SELECT count(*) FROM work_units WHERE file_id = :i", i=i)[0][0] == 0
-    logs = "".join(p.log() for p in fault_stack.procs if "worker" in p.popen.args)
+    logs = "".join(p.log() for p in fault_stack.procs if "worker" in p.argv)
     mine = [line for line in logs.splitlines() if fid in line]
     assert mine and not [line for line in mine if "attempt_failed" in line
                          or "status_not_saved" in line or "ERROR" in line], mine

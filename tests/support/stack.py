@@ -16,7 +16,7 @@ import httpx
 from redis import Redis
 from rq.job import Job
 from rq.serializers import JSONSerializer
-from sqlalchemy import Engine, func, text
+from sqlalchemy import Engine, func, insert, text
 
 from shared.accounts import create_key, ensure_user
 from shared.db import sync_session_factory
@@ -54,8 +54,9 @@ class Proc:
         self._log = open(log_path, "wb")
         # Its own process group, dies with the test session even when that is SIGKILLed
         # (a run cut short), with what it forked: see shared.local.lifeline.
+        self.argv = [sys.executable, "-m", "shared.cli", *args]
         self.popen = subprocess.Popen(
-            [sys.executable, "-m", "shared.cli", *args], env={**os.environ, **env},
+            self.argv, env={**os.environ, **env},
             stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
             preexec_fn=die_with_parent(signal.SIGTERM),
         )
@@ -153,10 +154,10 @@ def insert_file(
     bytes are the caller's business). Returns (file id, unit id)."""
     fid = uuid.uuid4()
     with db_engine.begin() as conn:
-        conn.execute(File.__table__.insert().values(
+        conn.execute(insert(File).values(
             id=fid, owner_id=uuid.UUID(owner_id), filename="late.txt", size_bytes=10,
             sha256=uuid.uuid4().hex * 2, storage_key=storage_key, status="queued"))
-        unit_id = conn.execute(WorkUnit.__table__.insert().values(
+        unit_id = conn.execute(insert(WorkUnit).values(
             file_id=fid, owner_id=uuid.UUID(owner_id), kind="parse", ordinal=0, state=unit_state,
             attempt=attempt, dispatched_at=func.now() if unit_state == "dispatched" else None,
         ).returning(WorkUnit.id)).scalar_one()
