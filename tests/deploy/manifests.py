@@ -176,7 +176,8 @@ def containers(pod: Doc, init: bool = True) -> list[Doc]:
 def main_container(dep: Doc) -> Doc:
     """The container named after the Deployment's component (not a sidecar)."""
     component = dep["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"]
-    (container,) = [c for c in dep["spec"]["template"]["spec"]["containers"] if c["name"] == component]
+    named: list[Doc] = [c for c in dep["spec"]["template"]["spec"]["containers"] if c["name"] == component]
+    (container,) = named
     return container
 
 

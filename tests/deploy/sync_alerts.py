@@ -65,7 +65,7 @@ def render(groups: list[dict[str, Any]]) -> str:
         },
         "spec": {"groups": groups},
     }
-    body = yaml.dump(rule, Dumper=_Dumper, sort_keys=False, width=100, allow_unicode=True)
+    body: str = yaml.dump(rule, Dumper=_Dumper, sort_keys=False, width=100, allow_unicode=True)
     return HEADER + body
 
 

@@ -40,7 +40,8 @@ def flags(container: Doc) -> dict[str, str]:
 def mounted_volume(pod: Doc, container: Doc, path: str) -> Doc:
     """The volume mounted at the folder holding `path`."""
     (mount,) = [m for m in container["volumeMounts"] if path.startswith(m["mountPath"] + "/")]
-    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    volumes: list[Doc] = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    (volume,) = volumes
     return volume
 
 
