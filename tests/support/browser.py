@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from playwright.sync_api import Browser, BrowserContext, Locator, Page, Playwright, expect
+from playwright.sync_api import Browser, BrowserContext, Locator, Page, Playwright, ViewportSize, expect
 
 CHROMIUM = "/usr/bin/chromium"
 ROOT = Path(__file__).resolve().parents[2]
@@ -25,8 +25,8 @@ ARTIFACTS = ROOT / "test-artifacts" / "browser"  # gitignored; CI can keep it
 AXE_VERSION = "4.10.3"
 AXE_DIR = ROOT / ".sluice" / "npm"
 AXE_FILE = AXE_DIR / "node_modules" / "axe-core" / "axe.min.js"
-DESKTOP = {"width": 1100, "height": 900}
-PHONE = {"width": 375, "height": 800}
+DESKTOP: ViewportSize = {"width": 1100, "height": 900}
+PHONE: ViewportSize = {"width": 375, "height": 800}
 
 
 def launch(p: Playwright) -> Browser:

@@ -117,8 +117,8 @@ def test_upload_watch_search_delete(browser: Browser, stack: Stack, user: ApiUse
         # Phone width: nothing scrolls sideways, names start at the left, targets ≥ 24 px.
         page.set_viewport_size(PHONE)
         assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
-        name = page.locator("#files-table .name").first
-        assert name.evaluate("(e) => getComputedStyle(e).textAlign") in ("left", "start")
+        name_cell = page.locator("#files-table .name").first
+        assert name_cell.evaluate("(e) => getComputedStyle(e).textAlign") in ("left", "start")
         assert_targets_at_least_24px(page)
         shot(page, "04-files-phone")
 
