@@ -36,7 +36,7 @@ from shared.embedding import (
     model_path,
     space_of,
 )
-from shared.embedding_onnx import ensure_graph, graph_dir, onnx_cache_dir
+from shared.embedding_onnx import OnnxEmbedder, ensure_graph, graph_dir, onnx_cache_dir
 from shared.encoders import load_embedder
 from shared.settings import Settings, SettingsError, load_settings
 from tests.support.helpers import unique_text, upload, wait_for_status
@@ -187,6 +187,7 @@ def test_concurrent_builds_do_not_race(base_settings: Settings, tmp_path: Path) 
     # What was published is complete and correct.
     e = load_embedder(base_settings.model_copy(update={
         "embedding_backend": "onnx-int8", "embedding_cache_dir": str(tmp_path)}), 1)
+    assert isinstance(e, OnnxEmbedder)
     assert e.graph == Path(results[0]["path"]) and not e.built
     ref = load_embedder(base_settings.model_copy(update={"embedding_backend": "torch"}), 1)
     texts = _fixed_texts()[:6]

@@ -127,7 +127,9 @@ def test_pgvector_version_is_checked() -> None:
 def test_the_test_server_has_a_recent_pgvector(fresh_db: Settings) -> None:
     run_migrations(fresh_db)
     with psycopg.connect(fresh_db.database_url) as conn:
-        (version,) = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'").fetchone()
+        row = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'").fetchone()
+    assert row is not None
+    (version,) = row
     assert tuple(int(p) for p in version.split(".")) >= (0, 8, 0)
 
 

@@ -213,7 +213,9 @@ async def test_async_pools_are_counted(settings: Settings, redis_for: RedisFacto
             await conn.execute(sa.text("SELECT 1"))
         assert scrape("sluice_db_pool_wait_seconds_count") == 1
         assert await aredis.ping()
-        first, second = await pool.get_connection(), await pool.get_connection()
+        # redis-py's asyncio ConnectionPool.get_connection is unannotated.
+        first, second = (await pool.get_connection(),  # type: ignore[no-untyped-call]
+                         await pool.get_connection())  # type: ignore[no-untyped-call]
         assert (scrape("sluice_redis_pool_in_use", pool="async"),
                 scrape("sluice_redis_pool_connections", pool="async")) == (2, 2)
         with pytest.raises(RedisConnectionError, match="No connection available"):

@@ -16,7 +16,8 @@ from tests.support.helpers import upload, wait_for_status
 def _new(client: httpx.Client, name: str | None = None) -> dict[str, Any]:
     r = client.post("/api/v1/collections", json={"name": name or f"c-{uuid.uuid4().hex[:8]}"})
     assert r.status_code == 201, r.text
-    return r.json()
+    body: dict[str, Any] = r.json()  # a collection, as JSON
+    return body
 
 
 def _files(client: httpx.Client, n: int) -> list[str]:

@@ -10,6 +10,7 @@ import socket
 import time
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 from sqlalchemy import Engine, text
@@ -175,7 +176,7 @@ def test_a_client_that_follows_retry_after_gets_every_file_in(
             refusals.append(i)
             await asyncio.sleep(float(r.headers["Retry-After"]))
 
-    async def scenario() -> tuple[list[str], list[int], dict[str, object]]:
+    async def scenario() -> tuple[list[str], list[int], dict[str, Any]]:
         refusals: list[int] = []
         async with httpx.AsyncClient(base_url=stack.url, timeout=60,
                                      limits=httpx.Limits(max_connections=100)) as c:
@@ -189,8 +190,8 @@ def test_a_client_that_follows_retry_after_gets_every_file_in(
 
     ids, refusals, status = asyncio.run(scenario())
     assert len(set(ids)) == 100
-    assert {f["id"] for f in status["items"]} == set(ids)  # type: ignore[union-attr]
-    assert len(status["missing"]) == 1  # type: ignore[arg-type]
+    assert {f["id"] for f in status["items"]} == set(ids)
+    assert len(status["missing"]) == 1
     print(f"429 refusals followed: {len(refusals)}")
 
 

@@ -47,7 +47,7 @@ async def test_concurrent_queries_are_encoded_together_and_each_gets_its_own_vec
         await encoder.stop()
     cosines = [float(np.dot(v, a)) for v, a in zip(vectors, alone, strict=True)]
     assert min(cosines) > 0.999  # batching (padding) does not change a query's vector
-    count = encoder.batch_sizes.collect()[0].samples
+    count = next(iter(encoder.batch_sizes.collect())).samples
     calls = next(s.value for s in count if s.name.endswith("_count"))
     assert 5 <= calls < 40  # at most 8 a batch, and fewer calls than queries
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 import uuid
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import httpx
 from redis import Redis
@@ -23,7 +23,9 @@ from worker.main import FACTS_KEY
 
 def _facts(redis: Redis, pid: int) -> dict[str, str]:
     for key in redis.keys(FACTS_KEY.format(name="*")):
-        facts = {k.decode(): v.decode() for k, v in redis.hgetall(key).items()}
+        # decode_responses=False: field names and values are bytes.
+        raw = cast(dict[bytes, bytes], redis.hgetall(key))
+        facts = {k.decode(): v.decode() for k, v in raw.items()}
         if facts.get("pid") == str(pid):
             return facts
     raise AssertionError(f"no facts published by worker pid {pid}")
@@ -100,7 +102,8 @@ def test_deliveries_for_a_done_file_change_nothing(
         return all(j.get_status(refresh=True) == JobStatus.FINISHED for j in replayed)
 
     wait_until(finished, 60, "the replayed deliveries to run")
-    assert all(j.return_value()["outcome"] == "skipped" for j in replayed)
+    results = [j.return_value() for j in replayed]
+    assert all(r is not None and r["outcome"] == "skipped" for r in results)
     assert _snapshot(db_engine, fid) == before  # status, updated_at, chunks, units
     assert client.get(f"/api/v1/files/{fid}").json() == first
 
