@@ -61,7 +61,7 @@ test: install system-deps
 
 check: install
 	$(VENV)/bin/ruff check src tests loadtests
-	$(VENV)/bin/mypy src
+	$(VENV)/bin/mypy src tests
 
 bench: install
 	$(PY) loadtests/bench_pipeline.py
