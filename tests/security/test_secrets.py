@@ -147,11 +147,12 @@ def canary_stack(
     env: dict[str, str], db_engine: Engine, redis_client: Redis,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[CanaryStack]:
-    """Its own webui and worker (own queue, DEBUG logs) on the suite's servers, with
-    a password in DATABASE_URL. Postgres trusts local connections, so any password
-    works, and only a leak would make it visible."""
-    password = f"canarypw{uuid.uuid4().hex}"
-    url = make_url(env["DATABASE_URL"]).set(password=password)
+    """Its own webui and worker (own queue, DEBUG logs) on the suite's servers. The
+    embedded Postgres asks for the password generated for it (shared.local), a
+    random string that appears nowhere else: only a leak would make it visible."""
+    url = make_url(env["DATABASE_URL"])
+    password = url.password
+    assert isinstance(password, str) and len(password) >= 16, "the test servers use a password"
     logs: Path = tmp_path_factory.mktemp("canary-logs")
     metrics_port, webui_metrics_port = free_port(), free_port()
     canary_env = {

@@ -92,7 +92,11 @@ def start_worker(env: dict[str, str], log_path: Path, redis: Redis) -> Proc:
         return any(int(redis.hget(k, "pid") or 0) == proc.pid
                    for k in set(redis.keys("sluice:worker-facts:*")) - before)
 
-    wait_until(booted, 120, "worker boot")
+    try:
+        wait_until(booted, 120, "worker boot")
+    except BaseException:
+        proc.stop()  # closes its log too: the failure is the boot's, not a leaked file's
+        raise
     return proc
 
 
