@@ -36,6 +36,8 @@ UPLOAD = ("POST", "/api/v1/files")
 STREAMED = {UPLOAD, ("PUT", "/process")}
 # Open WebUI's endpoints (routes/openwebui.py) live outside /api/ at the paths it calls.
 OPENWEBUI_PATHS = ("/v1/", "/process")
+# Public like /openapi.json, which it is a filtered copy of (webui.tool_server).
+PUBLIC = {"/api/v1/openwebui/tools.json"}
 SESSION_PROBE = "/api/v1/session"  # the one /api/ path a signed-out caller may ask
 
 
@@ -71,6 +73,8 @@ class RequestGuard:
 
 
 def _needs_caller(path: str) -> bool:
+    if path in PUBLIC:
+        return False
     return path.startswith("/api/") or path.startswith(OPENWEBUI_PATHS)
 
 
