@@ -44,6 +44,7 @@ from worker.main import FACTS_KEY
 class WebUI:
     proc: Proc
     url: str
+    metrics_url: str  # its own port (WEBUI_METRICS_PORT), as in the cluster
 
 
 @dataclass
@@ -66,10 +67,12 @@ class FaultStack:
         return self.root / "logs" / f"{self._n:02d}-{name}.log"
 
     def start_webui(self, wait: bool = True, **overrides: str) -> WebUI:
-        port = free_port()
-        proc = start_webui({**self.env, **overrides}, self._log("webui"), port, wait=wait)
+        port, metrics_port = free_port(), free_port()
+        env = {**self.env, "WEBUI_METRICS_PORT": str(metrics_port),
+               "WEBUI_METRICS_HOST": "127.0.0.1", **overrides}
+        proc = start_webui(env, self._log("webui"), port, wait=wait)
         self.procs.append(proc)
-        web = WebUI(proc, f"http://127.0.0.1:{port}")
+        web = WebUI(proc, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{metrics_port}/metrics")
         self.webui = self.webui or web
         return web
 

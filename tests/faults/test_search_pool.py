@@ -114,7 +114,7 @@ def test_a_hundred_concurrent_searches_on_a_pool_of_five_plus_three(
     assert p95 < bound, f"p95 {p95:.2f} s over {bound:.2f} s (rest {rest:.3f} s, {rate:.0f} q/s)"
     assert all(r.json()["hits"] for _, r in answers)
     # The encoder batched: fewer encoder calls than searches.
-    metrics = httpx.get(f"{web.url}/metrics").text
+    metrics = httpx.get(web.metrics_url).text
     batches = next(float(line.split()[-1]) for line in metrics.splitlines()
                    if line.startswith("sluice_query_batch_size_count"))
     assert batches < CLIENTS, f"{batches} encoder calls for {CLIENTS} searches"

@@ -1,1 +1,0 @@
-"""Code shared by the webui and the worker: settings, factories, models, queue."""

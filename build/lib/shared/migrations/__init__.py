@@ -1,1 +1,0 @@
-"""Alembic migrations (run with `sluice migrate`)."""

@@ -1,1 +1,0 @@
-"""The HTTP API (FastAPI): uploads, file status, search, health."""

@@ -1,1 +1,0 @@
-"""Sluice worker: pulls ingestion jobs, parses, chunks and embeds documents."""

@@ -1,1 +1,0 @@
-"""Worker pipeline steps (detect, parse in isolation, and later steps)."""
