@@ -286,7 +286,7 @@ def decode_text(data: bytes, *, truncated: bool = False) -> str:
             return data[: exc.start].decode("utf-8", errors="replace")
     if _mostly_utf8(data[:MIXED_PROBE_BYTES]):
         return data.decode("utf-8", errors=_CP1252_FALLBACK)
-    return _decode_legacy(data)
+    return decode_legacy(data)  # cp1252 when it reads as Western text: shared.charsets
 
 
 def _mostly_utf8(data: bytes) -> bool:
@@ -301,18 +301,13 @@ def _mostly_utf8(data: bytes) -> bool:
     return valid > 0 and valid >= high - valid
 
 
-def _decode_legacy(data: bytes) -> str:
-    # Western text read as cp1252 first, then charset-normalizer: see shared.charsets.
-    return decode_legacy(data)
-
-
 def _text_kind(head: bytes, ext: str, *, complete: bool) -> str:
     """Pick a text sub-type: content first, then the name as a tie-breaker."""
     sample = decode_text(head, truncated=not complete).lstrip("\ufeff \t\r\n")
     if starts_like_html(sample[:4096]):
         return "html"
     if sample[:1] in ("{", "["):
-        if complete and _parses_as_json(sample):
+        if complete and parses_as_json(sample):
             return "json"
         if ext == ".json" or (not complete and re.match(r"[\[{]\s*[\"\[{\]}]", sample)):
             return "json"
@@ -327,7 +322,8 @@ def _text_kind(head: bytes, ext: str, *, complete: bool) -> str:
     return "text"
 
 
-def _parses_as_json(sample: str) -> bool:
+def parses_as_json(sample: str) -> bool:
+    """Whether the whole text is one JSON document (the webui's gate uses it too)."""
     try:
         json.loads(sample)
     except (ValueError, RecursionError):

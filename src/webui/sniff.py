@@ -14,7 +14,6 @@ called from `worker.pipeline.isolated`), which also sets the final kind.
 from __future__ import annotations
 
 import csv
-import json
 import struct
 import zipfile
 from pathlib import Path
@@ -24,6 +23,7 @@ from shared.detect import (
     NAME_PROMISES,
     describe_binary,
     kind_from_zip_names,
+    parses_as_json,
     starts_like_html,
     utf16_without_bom,
 )
@@ -132,7 +132,7 @@ def _text_kind(text: str, ext: str, *, complete: bool) -> str:
     if starts_like_html(sample):
         return "html"
     if sample[:1] in ("{", "["):
-        if ext == ".json" or not complete or _parses_as_json(sample):
+        if ext == ".json" or not complete or parses_as_json(sample):
             return "json"
     if ext in _HTML_EXTS:
         return "html"
@@ -141,14 +141,6 @@ def _text_kind(text: str, ext: str, *, complete: bool) -> str:
     if ext in (".csv", ".tsv") or (ext not in _PLAIN_EXTS and _looks_like_csv(sample, complete)):
         return "csv"
     return "text"
-
-
-def _parses_as_json(sample: str) -> bool:
-    try:
-        json.loads(sample)
-    except (ValueError, RecursionError):
-        return False
-    return True
 
 
 def _looks_like_csv(sample: str, complete: bool) -> bool:

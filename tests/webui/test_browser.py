@@ -9,12 +9,11 @@ from __future__ import annotations
 import re
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
-import pytest
-from playwright.sync_api import Browser, Route, expect, sync_playwright
+from playwright.sync_api import Browser, Route, expect
 
 from shared.settings import Settings
 from tests.support.browser import (
@@ -22,7 +21,6 @@ from tests.support.browser import (
     assert_accessible,
     assert_targets_at_least_24px,
     browsing,
-    launch,
     shot,
     shots,
     sign_in,
@@ -30,14 +28,6 @@ from tests.support.browser import (
 from tests.support.helpers import upload, wait_for_status
 from tests.support.samples import make_docx_bytes, make_pdf
 from tests.support.stack import ApiUser, Stack
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as p:
-        b = launch(p)
-        yield b
-        b.close()
 
 
 def test_signed_out_visit_has_a_clean_console(browser: Browser, stack: Stack, user: ApiUser) -> None:

@@ -6,12 +6,10 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 from sqlalchemy import Engine
 
@@ -20,7 +18,6 @@ from tests.support.browser import (
     assert_accessible,
     browsing,
     focus_losses,
-    launch,
     shot,
     shots,
     sign_in,
@@ -28,14 +25,6 @@ from tests.support.browser import (
 )
 from tests.support.helpers import upload, wait_for_status
 from tests.support.stack import ApiUser, Stack, make_user
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as p:
-        b = launch(p)
-        yield b
-        b.close()
 
 
 def _accept_next_dialog(page: Page) -> None:
