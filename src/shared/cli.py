@@ -1,4 +1,5 @@
-"""The `sluice` command: up, migrate, webui, worker, keys, reconcile, doctor, capacity, build-onnx."""
+"""The `sluice` command: up, migrate, webui, worker, keys, reconcile, reembed, doctor, capacity,
+build-onnx."""
 
 from __future__ import annotations
 
@@ -109,6 +110,26 @@ def _reconcile(settings: Settings, _: argparse.Namespace) -> int:
     return 0
 
 
+def _reembed(settings: Settings, args: argparse.Namespace) -> int:
+    """`sluice reembed start [--backend B]` / `status` (shared/reembed.py)."""
+    import json
+
+    from shared import reembed
+    from shared.db import create_worker_engine, sync_session_factory
+
+    engine = create_worker_engine(settings, "cli")
+    try:
+        with sync_session_factory(engine)() as session:
+            if args.reembed_cmd == "start":
+                print(reembed.start(session, args.backend or settings.embedding_backend))
+                session.commit()
+            else:
+                print(json.dumps(reembed.progress(session).as_dict(), indent=2))
+    finally:
+        engine.dispose()
+    return 0
+
+
 def _build_onnx(settings: Settings, args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -200,6 +221,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("reconcile", help="re-enqueue files Redis lost (one pass)").set_defaults(
         func=_reconcile
     )
+
+    rb = sub.add_parser("reembed", help="re-embed every chunk into another embedding space")
+    rsub = rb.add_subparsers(dest="reembed_cmd", required=True)
+    rs = rsub.add_parser("start", help="start (or resume) a re-embed; into the active space: cancel")
+    rs.add_argument("--backend", choices=["torch", "onnx", "onnx-int8"],
+                    help="default: EMBEDDING_BACKEND (the workers' backend after the rollout)")
+    rsub.add_parser("status", help="progress as JSON (also GET /api/v1/admin/reembed)")
+    rb.set_defaults(func=_reembed)
 
     from shared.ops.capacity_cli import add_arguments as capacity_args
     from shared.ops.doctor_cli import add_arguments as doctor_args

@@ -3,9 +3,10 @@
 RQ is kept shallow (DISPATCH_PER_WORKER units waiting per live worker); everything
 else waits in Postgres, where a pass picks, for each free place, the next unit in
 round-robin order across owners (whoever had a turn longest ago first), oldest file
-first within an owner, and never more than USER_UNITS_IN_FLIGHT of one owner
-dispatched or running. One pass at a time fleet-wide (a transaction-scoped advisory
-lock: a process killed mid-pass releases it with its connection).
+first within an owner (a background re-embed's units after the owner's ingests), and
+never more than USER_UNITS_IN_FLIGHT of one owner dispatched or running. One pass at a
+time fleet-wide (a transaction-scoped advisory lock: a process killed mid-pass releases
+it with its connection).
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ WITH inflight AS (
 ), ranked AS (
     SELECT u.id, u.owner_id, f.created_at AS file_created,
            row_number() OVER (PARTITION BY u.owner_id
-                              ORDER BY f.created_at, u.file_id, u.ordinal) AS rn
+                              ORDER BY u.kind = 'reembed', f.created_at, u.file_id, u.ordinal)
+             AS rn
     FROM work_units u JOIN files f ON f.id = u.file_id
     WHERE u.state = 'pending' AND u.not_before <= now()
 )

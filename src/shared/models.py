@@ -140,6 +140,20 @@ class Chunk(Base):
     )
 
 
+class ChunkVector(Base):
+    """A chunk's vector in an embedding space that is not active yet (migration 0006):
+    filled by `reembed` units while `chunks.embedding` keeps serving search, copied into
+    `chunks` by the switch and then deleted (shared/reembed.py). Never searched."""
+
+    __tablename__ = "chunk_vectors"
+
+    chunk_id: Mapped[int] = mapped_column(
+        ForeignKey("chunks.id", ondelete="CASCADE"), primary_key=True)
+    space: Mapped[str] = mapped_column(String(16), primary_key=True)
+    backend: Mapped[str] = mapped_column(String(16))
+    embedding: Mapped[Any] = mapped_column(Vector(EMBEDDING_DIM))
+
+
 class Collection(Base):
     """A named group of files, owned by one user, optionally shared read-only."""
 
@@ -196,6 +210,9 @@ class UnitState(enum.StrEnum):
 class UnitKind(enum.StrEnum):
     parse = "parse"  # bytes → text → chunks → segment units
     segment = "segment"  # chunks [chunk_start, chunk_end) → embeddings → chunk rows
+    # chunks [chunk_start, chunk_end) of a done file → vectors in the re-embed's target
+    # space (chunk_vectors); no payload: the target is in app_config (shared/reembed.py)
+    reembed = "reembed"
 
 
 class WorkUnit(Base):
@@ -213,7 +230,7 @@ class WorkUnit(Base):
             "state IN ('pending', 'dispatched', 'running', 'done', 'failed')",
             name="ck_work_units_state",
         ),
-        CheckConstraint("kind IN ('parse', 'segment')", name="ck_work_units_kind"),
+        CheckConstraint("kind IN ('parse', 'segment', 'reembed')", name="ck_work_units_kind"),
         Index("ix_work_units_state_not_before", "state", "not_before"),
         Index("ix_work_units_owner_state", "owner_id", "state"),
         Index("ix_work_units_file", "file_id"),

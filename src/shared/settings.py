@@ -119,6 +119,10 @@ class Settings(BaseSettings):
     # Default onnx: torch's vectors (same space, so chunks embedded by torch stay
     # searchable), ~15% faster, no torch import; onnx-int8 is ~2x but not the same space.
     embedding_backend: Literal["torch", "onnx", "onnx-int8"] = "onnx"
+    # A worker whose EMBEDDING_BACKEND is in another space than the active one starts a
+    # background re-embed into its space (shared/reembed.py, README "Switching the
+    # encoder"); false: only `sluice reembed start` does.
+    reembed_auto: bool = True
     embedding_cache_dir: str = Field(
         default="", description="ONNX graphs; empty = $XDG_CACHE_HOME or ~/.cache, /sluice/onnx"
     )

@@ -99,6 +99,9 @@ def claim(session: Session, unit_id: int, attempt: int, worker: str, lease_s: in
         session.rollback()
         return None
     c = Claim(unit_id, attempt, *row)
+    if c.kind == UnitKind.reembed.value:  # a done file's background work: its status stays
+        session.commit()
+        return c
     values: dict[str, Any] = {"status": FileStatus.processing.value,
                               "attempts": func.greatest(File.attempts, c.tries)}
     if c.kind == UnitKind.parse.value:
@@ -132,6 +135,16 @@ def fence(session: Session, c: Claim) -> tuple[WorkUnit, File] | None:
     return unit, file
 
 
+def fail_unit(session: Session, unit: WorkUnit, file: File, reason: str) -> None:
+    """A unit that will not be tried again: its file fails, unless it is a reembed unit
+    (the file stays done and searchable; the re-embed waits, see shared/reembed.py)."""
+    if unit.kind == UnitKind.reembed.value:
+        unit.state, unit.error, unit.lease_expires_at = UnitState.failed.value, reason, None
+        return
+    fail_file(session, file, reason)
+    unit.error = reason
+
+
 def fail_file(session: Session, file: File, reason: str) -> None:
     """The file ends `failed` with `reason`: its other units stop (their fences fail),
     and no chunk of it stays. The caller commits."""
@@ -154,6 +167,8 @@ def retry_later(session: Session, unit: WorkUnit, file: File, reason: str, delay
     unit.error = reason
     unit.lease_expires_at = None
     unit.not_before = datetime.now(UTC) + timedelta(seconds=delay_s)
+    if unit.kind == UnitKind.reembed.value:
+        return  # the file is done and searchable; its re-embed is the admin's business
     if unit.kind == UnitKind.parse.value:
         file.status = FileStatus.queued.value
         file.stage = None

@@ -13,12 +13,15 @@ import logging
 import re
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-from shared.embedding import LEGACY_BACKEND, compatible_backends
+from shared.embedding import BACKENDS, LEGACY_BACKEND, compatible_backends, space_of
+from shared.reembed import REEMBED_KEY
 from webui.access import check_readable_collections
 from webui.errors import ApiError
 from webui.schemas import SearchGroup, SearchHit, SearchRequest, SearchResponse
@@ -145,6 +148,8 @@ async def check_embedding_space(
     sql = _MISMATCH_SQL.format(scope=scope.files, file_filter=file_filter)
     rows = (await session.execute(text(sql), params)).all()
     if rows:
+        rows = await _not_being_reembedded(session, rows)
+    if rows:
         found = ", ".join(f"{r.files} with {r.model}/{r.backend}" for r in rows)
         raise ApiError(
             409, "embedding_mismatch",
@@ -156,6 +161,19 @@ async def check_embedding_space(
             f"files (delete and upload again), or pass file_ids of compatible files only.",
         )
     return backends
+
+
+async def _not_being_reembedded(session: AsyncSession, rows: Sequence[Any]) -> list[Any]:
+    """Mismatched files minus those already in the space a running re-embed is filling
+    (files ingested meanwhile by workers on the new backend): they are left out of the
+    search by its backend filter until the switch, not refused (README, "Switching the
+    encoder"). Read only when some file mismatches: the common search never pays for it."""
+    target = await session.scalar(text(
+        "SELECT value ->> 'target_space' FROM app_config "
+        "WHERE key = :k AND value ->> 'state' = 'running'"), {"k": REEMBED_KEY})
+    if target is None:
+        return list(rows)
+    return [r for r in rows if r.backend not in BACKENDS or space_of(r.backend) != target]
 
 
 async def search(

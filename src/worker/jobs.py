@@ -18,9 +18,10 @@ from redis.exceptions import RedisError
 
 from shared.document_errors import DocumentRejected
 from shared.models import UnitKind
-from shared.work import Claim, claim, fail_file, fence, retry_later, wake
+from shared.work import Claim, claim, fail_unit, fence, retry_later, wake
 from worker.errors import user_reason
 from worker.progress import publish
+from worker.reembed import run_reembed
 from worker.runtime import Runtime, get_runtime
 from worker.units import run_parse, run_segment
 
@@ -37,7 +38,8 @@ def run_unit(unit_id: int, attempt: int) -> dict[str, Any]:
     _wake(rt)  # a place in RQ just freed up
     rt.hold(c)
     try:
-        run = run_parse if c.kind == UnitKind.parse.value else run_segment
+        run = {UnitKind.parse.value: run_parse, UnitKind.reembed.value: run_reembed}.get(
+            c.kind, run_segment)
         result = run(rt, c)
         if result["outcome"] == "done":
             rt.counters["units_done"] += 1
@@ -64,8 +66,7 @@ def _failed(rt: Runtime, c: Claim, err: Exception) -> dict[str, Any]:
                 return {"outcome": "skipped", "reason": "stale_or_deleted"}
             unit, file = fenced
             if final:
-                fail_file(session, file, reason)
-                unit.error = reason
+                fail_unit(session, unit, file, reason)
             else:
                 retry_later(session, unit, file, reason, settings.job_retry_delay)
             status, error = file.status, file.error
@@ -74,6 +75,8 @@ def _failed(rt: Runtime, c: Claim, err: Exception) -> dict[str, Any]:
         log.exception("file.status_not_saved file_id=%s", c.file_id)
         return {"outcome": "retried"}
     rt.counters["units_failed"] += 1
+    if c.kind == UnitKind.reembed.value:  # nothing the file's owner needs to hear about
+        return {"outcome": "failed" if final else "retried"}
     publish(rt.redis, file_id=c.file_id, owner_id=c.owner_id, status=status, error=error)
     if final:
         return {"outcome": "rejected" if isinstance(err, DocumentRejected) else "failed"}

@@ -17,14 +17,18 @@ from typing import Any
 from wsgiref.simple_server import make_server
 
 from prometheus_client import CollectorRegistry, make_wsgi_app
-from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import ThreadingWSGIServer, _SilentHandler
 from prometheus_client.registry import Collector
 from rq.job import Job
+from sqlalchemy import Engine, select
+from sqlalchemy.exc import SQLAlchemyError
 
 from shared.db import pool_limit
 from shared.metrics import OUTCOMES, JobMetrics, gauge
 from shared.metrics_queue import process_metrics
+from shared.models import AppConfig
+from shared.reembed import REEMBED_KEY, UNITS_SQL
 from shared.settings import Settings
 from worker.reconciler import ReconcileResult
 from worker.runtime import LOADS, Runtime
@@ -64,6 +68,29 @@ class _WorkerCollector(Collector):
             yield loads
 
 
+class ReembedCollector(Collector):
+    """The background re-embed (shared/reembed.py), read from Postgres at scrape time."""
+
+    def __init__(self, engine: Engine):
+        self._engine = engine
+
+    def collect(self) -> Iterable[Metric]:
+        try:
+            with self._engine.connect() as conn:
+                state = conn.scalar(select(AppConfig.value).where(AppConfig.key == REEMBED_KEY))
+                units: dict[str, int] = dict(conn.execute(UNITS_SQL).tuples().all())
+        except SQLAlchemyError as err:
+            log.warning("metrics.reembed_unavailable error=%s", err)
+            return
+        running = isinstance(state, dict) and state.get("state") == "running"
+        yield gauge("sluice_reembed_running", "1 while a background re-embed runs.", int(running))
+        family = GaugeMetricFamily("sluice_reembed_units", "Re-embed units by state.",
+                                   labels=["state"])
+        for name in ("pending", "dispatched", "running", "done", "failed"):
+            family.add_metric([name], int(units.get(name, 0)))
+        yield family
+
+
 class WorkerMetrics:
     def __init__(self, registry: CollectorRegistry, runtime: Runtime):
         settings = runtime.settings
@@ -79,6 +106,7 @@ class WorkerMetrics:
         self.running_since: float | None = None
         registry.register(_WorkerCollector(self))
         registry.register(SweeperCollector())
+        registry.register(ReembedCollector(runtime.engine))
 
     def busy_seconds(self) -> float:
         with self._lock:

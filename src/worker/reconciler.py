@@ -10,7 +10,8 @@ to wait out) looks for:
 * `queued`/`processing` files with no live unit at all (files from before units,
   or a write that never happened) → a new parse unit.
 
-Then it wakes the dispatcher. Retries need no scheduler: a unit waiting for its
+Then it wakes the dispatcher; the worker's thread also takes the background re-embed's
+step (`reembed_step`). Retries need no scheduler: a unit waiting for its
 retry is `pending` with `not_before` in the future, and the dispatcher skips it
 until then.
 """
@@ -32,8 +33,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared.models import File, FileStatus, UnitState, WorkUnit
 from shared.queue import fetch_job, job_is_pending, unit_job_id
+from shared.reembed import advance
 from shared.settings import Settings
-from shared.work import LIVE_STATES, clear_work_statements, fail_file, new_parse_unit, wake
+from shared.work import LIVE_STATES, clear_work_statements, fail_unit, new_parse_unit, wake
 from worker.errors import interrupted_reason
 from worker.sweeper import sweep_if_due
 
@@ -89,7 +91,7 @@ def _expired_leases(session: Session, settings: Settings, result: ReconcileResul
             file = session.scalar(select(File).where(File.id == unit.file_id)
                                   .with_for_update(skip_locked=True))
             if file is not None:
-                fail_file(session, file, interrupted_reason(unit.tries))
+                fail_unit(session, unit, file, interrupted_reason(unit.tries))
                 result.failed += 1
         else:
             unit.state, unit.lease_expires_at = UnitState.pending.value, None
@@ -135,6 +137,16 @@ def _files_without_work(session: Session, before: datetime, result: ReconcileRes
         result.requeued += 1
 
 
+def reembed_step(session_factory: sessionmaker[Session], settings: Settings) -> None:
+    """The background re-embed's step (shared/reembed.py), after each pass: with
+    REEMBED_AUTO, start one when this worker's backend is in another space than the
+    active one; plan its units; switch when every chunk is done."""
+    backend = settings.embedding_backend if settings.reembed_auto else None
+    with session_factory() as session:
+        advance(session, worker_backend=backend, segment_chunks=settings.segment_chunks)
+        session.commit()
+
+
 class ReconcilerThread(threading.Thread):
     """Runs `reconcile_once` every RECONCILE_INTERVAL until stopped; never dies on errors."""
 
@@ -154,6 +166,7 @@ class ReconcilerThread(threading.Thread):
                 result = reconcile_once(*self._args)
                 if result is not None and self._on_result is not None:
                     self._on_result(result)
+                reembed_step(self._args[0], self._args[2])
             except (RedisError, SQLAlchemyError) as err:
                 log.warning("reconciler.skipped error=%s", err)
             except Exception:
