@@ -214,9 +214,13 @@ def switch_if_complete(session: Session) -> bool:
                             UnitState.running.value, UnitState.failed.value))))
     if unfinished:
         return False
-    session.execute(text("LOCK TABLE chunks IN EXCLUSIVE MODE"))
     space = state["target_space"]
     params = {**_params(space), "backend": state["backend"]}
+    # Checked first without the lock: chunks of files still being ingested in the old space
+    # keep the re-embed open for a while, and ingests must not wait on every such check.
+    if session.scalar(_ANY_MISSING_SQL, params):
+        return False
+    session.execute(text("LOCK TABLE chunks IN EXCLUSIVE MODE"))
     if session.scalar(_ANY_MISSING_SQL, params):
         return False
     for stmt in _SWITCH_SQL:

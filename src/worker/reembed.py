@@ -23,7 +23,7 @@ from shared import reembed
 from shared.embedding import compatible_backends
 from shared.work import Claim, fence
 from worker.runtime import Runtime
-from worker.units import Result, _skipped, _unit_done
+from worker.units import Result, skipped, unit_done
 
 log = logging.getLogger("sluice.worker")
 
@@ -68,14 +68,14 @@ def _finish(rt: Runtime, c: Claim, rows: Sequence[Any], vectors: np.ndarray | No
     with rt.session_factory() as session:
         fenced = fence(session, c)
         if fenced is None:
-            return _skipped(c, "stale_or_deleted")
+            return skipped(c, "stale_or_deleted")
         unit, _ = fenced
         # Written only if that re-embed is still the one running (not switched or cancelled).
         if vectors is not None and reembed.running_target(session) == space:
             session.execute(_UPSERT_SQL, [
                 {"id": r.id, "space": space, "backend": rt.embedder.backend,
                  "vec": str(v.tolist())} for r, v in zip(rows, vectors, strict=True)])
-        _unit_done(unit)
+        unit_done(unit)
         session.commit()
         switched = reembed.try_switch(session)
         session.commit()
@@ -89,7 +89,7 @@ def _give_back(rt: Runtime, c: Claim, target: str) -> Result:
     with rt.session_factory() as session:
         fenced = fence(session, c)
         if fenced is None:
-            return _skipped(c, "stale_or_deleted")
+            return skipped(c, "stale_or_deleted")
         unit, _ = fenced
         unit.state, unit.lease_expires_at, unit.tries = "pending", None, unit.tries - 1
         unit.not_before = datetime.now(UTC) + timedelta(seconds=rt.settings.job_retry_delay)

@@ -46,7 +46,7 @@ def run_parse(rt: Runtime, c: Claim) -> Result:
     with rt.session_factory() as session:
         file = session.get(File, c.file_id)
         if file is None:
-            return _skipped(c, "deleted")
+            return skipped(c, "deleted")
         storage_key, filename = file.storage_key, file.filename
     publish(rt.redis, file_id=c.file_id, owner_id=c.owner_id, status="processing", stage="parse")
     path = stored_path(settings.upload_dir, storage_key)
@@ -66,7 +66,7 @@ def run_parse(rt: Runtime, c: Claim) -> Result:
     with rt.session_factory() as session:
         fenced = fence(session, c)
         if fenced is None:
-            return _skipped(c, "stale_or_deleted")
+            return skipped(c, "stale_or_deleted")
         unit, file = fenced
         # A parse that ran before (and lost its lease after writing nothing) left nothing;
         # clear anyway, so this write alone defines the file's segments.
@@ -76,7 +76,7 @@ def run_parse(rt: Runtime, c: Claim) -> Result:
         for seg in segments:
             seg.file_id, seg.owner_id = c.file_id, c.owner_id
         session.add_all(segments)
-        _unit_done(unit)
+        unit_done(unit)
         file.kind, file.stage, file.error = parsed.kind, "embed", None
         file.segments_total, file.segments_done = len(segments), 0
         file.chunk_count, file.progress = 0, 0.0
@@ -94,7 +94,7 @@ def run_segment(rt: Runtime, c: Claim) -> Result:
             WorkUnit.id == c.unit_id, WorkUnit.attempt == c.attempt,
             WorkUnit.state == UnitState.running.value))
     if not payload:
-        return _skipped(c, "stale_or_deleted")
+        return skipped(c, "stale_or_deleted")
     texts, tokens = payload["texts"], payload["tokens"]
     embedder = rt.embedder
     if rt.settings.bench_reload_model_per_job:  # benchmark-only: the seed's per-job reload
@@ -105,12 +105,12 @@ def run_segment(rt: Runtime, c: Claim) -> Result:
     with rt.session_factory() as session:
         fenced = fence(session, c)
         if fenced is None:
-            return _skipped(c, "stale_or_deleted")
+            return skipped(c, "stale_or_deleted")
         unit, file = fenced
         store_segment(session, file_id=c.file_id, owner_id=c.owner_id, start=c.chunk_start,
                       texts=texts, tokens=tokens, vectors=vectors,
                       embedding_backend=embedder.backend)
-        _unit_done(unit)
+        unit_done(unit)
         file.segments_done += 1
         file.chunk_count += len(texts)
         file.embedding_model, file.embedding_backend = embedder.name, embedder.backend
@@ -135,12 +135,12 @@ def run_segment(rt: Runtime, c: Claim) -> Result:
     return {"outcome": "done", "timings": {"embed": t1 - t0, "store": t2 - t1}}
 
 
-def _unit_done(unit: WorkUnit) -> None:
+def unit_done(unit: WorkUnit) -> None:
     unit.state, unit.payload, unit.lease_expires_at, unit.error = (
         UnitState.done.value, None, None, None)
 
 
-def _skipped(c: Claim, why: str) -> Result:
+def skipped(c: Claim, why: str) -> Result:
     log.info("file.skipped file_id=%s unit=%s attempt=%s reason=%s", c.file_id, c.unit_id,
              c.attempt, why)
     return {"outcome": "skipped", "reason": why}

@@ -37,7 +37,6 @@ FAULT_ENV = {
     "JOB_RETRY_DELAY": "1",
     "JOB_MAX_RETRIES": "2",
 }
-INT8 = {"EMBEDDING_BACKEND": "onnx-int8"}
 QUERY = {"query": "tides and the sluice gates of the canal", "top_k": 5}
 
 
@@ -114,7 +113,7 @@ def test_reembed_runs_behind_search_then_switches(
     assert total_units == 9
 
     # Workers on the new backend do the rest; search (the fp32 webui) keeps answering.
-    worker = fault_stack.start_worker(**INT8)
+    worker = fault_stack.start_worker(EMBEDDING_BACKEND="onnx-int8")
     wait_until(lambda: _units(fault_stack) == {"done": total_units - 1, "running": 1}, 120,
                "every unit but the ghost's to be done")
     r = _search(fault_stack, owner, web)
@@ -180,7 +179,7 @@ def test_reembed_runs_behind_search_then_switches(
     # Rollout, second half: the fp32 webui now refuses (409 says why); an int8 one answers.
     r = _search(fault_stack, owner, web)
     assert r.status_code == 409 and r.json()["code"] == "embedding_mismatch"
-    web8 = fault_stack.start_webui(**INT8)
+    web8 = fault_stack.start_webui(EMBEDDING_BACKEND="onnx-int8")
     r = _search(fault_stack, owner, web8)
     assert r.status_code == 200 and r.json()["hits"], r.text
     assert kept in {h["file_id"] for h in r.json()["hits"]}
