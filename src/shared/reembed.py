@@ -26,7 +26,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
-from shared.embedding import compatible_backends, space_of
+from shared.embedding import backends_in, space_of
 from shared.models import AppConfig, UnitKind, UnitState, WorkUnit
 
 log = logging.getLogger("sluice.reembed")
@@ -120,11 +120,7 @@ def running_target(session: Session) -> str | None:
 
 
 def _params(space: str) -> dict[str, Any]:
-    return {"space": space, "backends": compatible_backends(_a_backend_of(space))}
-
-
-def _a_backend_of(space: str) -> str:
-    return {"fp32": "onnx", "int8": "onnx-int8"}[space]
+    return {"space": space, "backends": backends_in(space)}
 
 
 def _lock(session: Session) -> bool:

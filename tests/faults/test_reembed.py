@@ -189,9 +189,11 @@ def test_reembed_runs_behind_search_then_switches(
 def test_a_worker_in_another_space_starts_the_way_back_by_itself(
     fault_stack: FaultStack, corpus: dict[str, Any]
 ) -> None:
-    """REEMBED_AUTO: an fp32 worker alone, with int8 active, re-embeds into fp32."""
+    """REEMBED_AUTO: an fp32 worker, with int8 active, re-embeds into fp32; an int8 worker
+    beside it (REEMBED_AUTO off) gives back any unit it gets, so no int8 vector is written."""
     for proc in fault_stack.live_workers():
         proc.stop()
+    int8_worker = fault_stack.start_worker(EMBEDDING_BACKEND="onnx-int8", REEMBED_AUTO="false")
     fault_stack.start_worker()  # onnx
     web, admin = corpus["web"], corpus["admin"]
     done = wait_until(lambda: (p := _progress(fault_stack, admin, web))["target_space"] == "fp32"
@@ -199,6 +201,7 @@ def test_a_worker_in_another_space_starts_the_way_back_by_itself(
     assert done["active_space"] == "fp32" and done["chunks_done"] == done["chunks_total"] > 0
     assert {b for (b,) in fault_stack.sql("SELECT DISTINCT embedding_backend FROM chunks")} == \
         {"onnx"}
+    assert "reembed.given_back" in int8_worker.log()  # it was offered units, and wrote none
     r = _search(fault_stack, corpus["owner"], web)
     assert r.status_code == 200 and r.json()["hits"], r.text
     status = _cli(fault_stack, "status")

@@ -32,6 +32,7 @@ from sqlalchemy import Engine, text
 from shared.embedding import (
     BACKENDS,
     Embedder,
+    backends_in,
     compatible_backends,
     model_path,
     space_of,
@@ -127,8 +128,11 @@ def test_spaces() -> None:
     assert space_of("onnx-int8") == "int8"
     assert compatible_backends("torch") == ["torch", "onnx"]
     assert compatible_backends("onnx-int8") == ["onnx-int8"]
+    assert backends_in("fp32") == ["torch", "onnx"] and backends_in("int8") == ["onnx-int8"]
     with pytest.raises(ValueError, match="unknown embedding backend"):
         space_of("tensorrt")
+    with pytest.raises(ValueError, match="unknown embedding space"):
+        backends_in("int4")
     with pytest.raises(SettingsError, match="EMBEDDING_BACKEND: Input should be 'torch'"):
         load_settings(embedding_backend="int4")
 

@@ -194,7 +194,21 @@ async def backlog(session: SessionDep, _: AdminUser) -> list[BacklogRead]:
 _CONFIG = text("SELECT value FROM app_config WHERE key = :k")
 
 
-@router.get("/reembed")
+class ReembedRead(BaseModel):
+    state: str  # idle | running | done | cancelled
+    active_space: str | None
+    target_space: str | None
+    backend: str | None
+    started_at: str | None
+    finished_at: str | None
+    chunks_total: int
+    chunks_done: int
+    files_total: int
+    files_done: int
+    units: dict[str, int]
+
+
+@router.get("/reembed", response_model=ReembedRead)
 async def reembed_progress(session: SessionDep, _: AdminUser) -> dict[str, Any]:
     """The background re-embed (README, "Switching the encoder"): state (idle | running |
     done | cancelled), active and target space, chunks and files done / total, units by state."""
