@@ -21,7 +21,7 @@ from webui.errors import install_error_handlers
 from webui.events import EventHub
 from webui.guard import RequestGuard
 from webui.limits import RateLimits
-from webui.loader import LoaderGate
+from webui.loader import loader_gate
 from webui.metrics import MetricsServer, WebuiMetrics, instrument
 from webui.openai_compat import EmbeddingPool
 from webui.query_encoder import QueryEncoder
@@ -60,7 +60,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                               settings.auth_failures_per_minute),
             metrics=webui_metrics,
             openwebui=OpenWebUIParts(EmbeddingPool(embedder, settings),
-                                     LoaderGate(settings.loader_concurrency)),
+                                     loader_gate(settings.loader_concurrency)),
         )
         metrics = process_metrics(
             registry, engine=engine.sync_engine, db_limit=pool_limit(settings, "webui"),

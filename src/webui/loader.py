@@ -4,17 +4,16 @@ Open WebUI (≥ 0.10, `CONTENT_EXTRACTION_ENGINE=external`) PUTs the raw file as
 the body with `Content-Type` and a url-quoted `X-Filename`, and reads back one
 document. The bytes are parsed by the worker fleet, not here: the webui stores
 them on the shared volume (as uploads are), enqueues a parse-only job at the
-front of the queue (shared/extract_queue.py) and waits for its answer. So the
-same isolated parser, limits and file-type detection apply as for uploads, the
-webui never loads parser libraries or imports `worker`, and parse capacity is
-the fleet's. Nothing is kept: the stored bytes are removed when the answer leaves.
+front of the queue (shared/extract_queue.py) and waits for its answer
+(webui/fleet_jobs.py). So the same isolated parser, limits and file-type
+detection apply as for uploads, the webui never loads parser libraries or
+imports `worker`, and parse capacity is the fleet's. Nothing is kept: the
+stored bytes are removed when the answer leaves.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
 import uuid
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
@@ -23,12 +22,13 @@ import anyio
 from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
-from shared.extract_queue import drop_extract, enqueue_extract, poll_extract, wait_step
+from shared.extract_queue import enqueue_extract, extract_job_id
 from shared.storage import incoming_dir, new_storage_key, remove_stored, stored_path
 from webui.errors import ApiError
+from webui.fleet_jobs import InFlightGate, forget_job, wait_for_job
 from webui.receive import clean_filename, discard, move_into_place
 
-if TYPE_CHECKING:  # state.py holds a LoaderGate
+if TYPE_CHECKING:  # state.py holds the loader's InFlightGate
     from webui.state import AppState
 
 log = logging.getLogger("sluice.webui")
@@ -37,21 +37,10 @@ log = logging.getLogger("sluice.webui")
 QUEUE_WAIT_S = 60.0
 
 
-class LoaderGate:
+def loader_gate(limit: int) -> InFlightGate:
     """At most LOADER_CONCURRENCY documents in flight per webui process; then 429."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.in_flight = 0
-
-    def enter(self) -> None:
-        if self.in_flight >= self.limit:
-            raise ApiError(429, "busy", "too many documents are being extracted; retry shortly",
-                           {"Retry-After": "2"})
-        self.in_flight += 1
-
-    def leave(self) -> None:
-        self.in_flight -= 1
+    return InFlightGate(limit, "too many documents are being extracted; retry shortly",
+                        retry_after_s=2)
 
 
 def filename_from(request: Request) -> str:
@@ -86,17 +75,7 @@ async def _receive(request: Request, state: AppState) -> tuple[str, int]:
         raise
 
 
-async def _wait(state: AppState, key: str, timeout_s: float) -> tuple[str, Any]:
-    started = time.monotonic()
-    while time.monotonic() - started < timeout_s:
-        outcome = await run_in_threadpool(poll_extract, state.queue, key)
-        if outcome is not None:
-            return outcome
-        await asyncio.sleep(wait_step(started))
-    return ("timeout", None)
-
-
-async def process(request: Request, state: AppState, gate: LoaderGate) -> dict[str, Any]:
+async def process(request: Request, state: AppState, gate: InFlightGate) -> dict[str, Any]:
     """Extract one document's text through the worker fleet (the route's whole work)."""
     filename = filename_from(request)
     content_type = request.headers.get("content-type", "")
@@ -107,8 +86,9 @@ async def process(request: Request, state: AppState, gate: LoaderGate) -> dict[s
         key, size = await _receive(request, state)
         job_timeout = int(settings.parse_timeout) + 30
         await run_in_threadpool(enqueue_extract, state.queue, key, filename, timeout_s=job_timeout)
-        status, result = await _wait(state, key, job_timeout + QUEUE_WAIT_S)
-        await run_in_threadpool(drop_extract, state.queue, key)
+        job_id = extract_job_id(key)
+        status, result = await wait_for_job(state.queue, job_id, job_timeout + QUEUE_WAIT_S)
+        await forget_job(state.queue, job_id)
     finally:
         gate.leave()
         if key is not None:

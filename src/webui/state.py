@@ -13,8 +13,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from shared.embedding import Embedder
 from shared.settings import Settings
 from webui.events import EventHub
+from webui.fleet_jobs import InFlightGate
 from webui.limits import RateLimits
-from webui.loader import LoaderGate
 from webui.metrics import WebuiMetrics
 from webui.openai_compat import EmbeddingPool
 from webui.query_encoder import QueryEncoder
@@ -24,7 +24,7 @@ from webui.query_encoder import QueryEncoder
 class OpenWebUIParts:
     """Admission for the Open WebUI endpoints (routes/openwebui.py)."""
     embeddings: EmbeddingPool
-    loader: LoaderGate
+    loader: InFlightGate
 
 
 @dataclass
