@@ -71,6 +71,22 @@ def read_queue(redis: Redis, queue: Queue, stale_after_s: float) -> QueueSnapsho
         enqueued = redis.hget(Job.key_for(_text(head)), "enqueued_at")
         if enqueued:
             oldest = max((now - utcparse(_text(enqueued))).total_seconds(), 0.0)
+    alive = _alive(redis, members, now, stale_after_s)
+    return QueueSnapshot(
+        queue=queue.name, depth=int(depth), registries=dict(zip(REGISTRIES, map(int, counts), strict=True)),
+        oldest_age_s=oldest, workers=len(alive), scheduler_running=bool(scheduler), worker_names=alive,
+    )
+
+
+def live_workers(redis: Redis, queue: Queue, stale_after_s: float) -> list[str]:
+    """Names of the workers on `queue` with a recent heartbeat (what `sluice_queue_workers`
+    counts): a worker killed without deregistering drops out once its beat is stale."""
+    members = redis.smembers(WORKERS_BY_QUEUE_KEY % queue.name)
+    return _alive(redis, members, datetime.now(UTC), stale_after_s)
+
+
+def _alive(redis: Redis, members: Iterable[bytes | str], now: datetime, stale_after_s: float
+           ) -> list[str]:
     names = sorted(_text(m) for m in members)
     alive: list[str] = []
     if names:
@@ -81,10 +97,7 @@ def read_queue(redis: Redis, queue: Queue, stale_after_s: float) -> QueueSnapsho
         for name, beat in zip(names, beats, strict=True):
             if beat and (now - utcparse(_text(beat))).total_seconds() <= stale_after_s:
                 alive.append(name.removeprefix("rq:worker:"))
-    return QueueSnapshot(
-        queue=queue.name, depth=int(depth), registries=dict(zip(REGISTRIES, map(int, counts), strict=True)),
-        oldest_age_s=oldest, workers=len(alive), scheduler_running=bool(scheduler), worker_names=alive,
-    )
+    return alive
 
 
 def heartbeat_stale_after(maintenance_s: int, monitoring_s: int, grace_s: int) -> float:
