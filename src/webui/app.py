@@ -23,7 +23,7 @@ from webui.guard import RequestGuard
 from webui.limits import RateLimits
 from webui.loader import loader_gate
 from webui.metrics import MetricsServer, WebuiMetrics, instrument
-from webui.openai_compat import EmbeddingPool
+from webui.openai_compat import FleetEmbeddings
 from webui.query_encoder import QueryEncoder
 from webui.routes import admin, collections, events, files, health, me, openwebui, page, search
 from webui.search import column_text_config
@@ -52,14 +52,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                max_wait_s=settings.query_batch_wait_ms / 1000, registry=registry)
         await encoder.start()
         text_config = await column_text_config(engine, settings.search_text_config)
+        queue = make_queue(redis, settings)
         app.state.sluice = AppState(
             settings=settings, engine=engine, session_factory=async_session_factory(engine),
-            redis=redis, aredis=aredis, queue=make_queue(redis, settings), embedder=embedder,
+            redis=redis, aredis=aredis, queue=queue, embedder=embedder,
             query_encoder=encoder, text_config=text_config, events=hub,
             limits=RateLimits(aredis, settings.rate_limit_per_minute,
                               settings.auth_failures_per_minute),
             metrics=webui_metrics,
-            openwebui=OpenWebUIParts(EmbeddingPool(embedder, settings),
+            openwebui=OpenWebUIParts(FleetEmbeddings(queue, settings, dim=embedder.dim),
                                      loader_gate(settings.loader_concurrency)),
         )
         metrics = process_metrics(

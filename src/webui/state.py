@@ -16,14 +16,15 @@ from webui.events import EventHub
 from webui.fleet_jobs import InFlightGate
 from webui.limits import RateLimits
 from webui.metrics import WebuiMetrics
-from webui.openai_compat import EmbeddingPool
+from webui.openai_compat import FleetEmbeddings
 from webui.query_encoder import QueryEncoder
 
 
 @dataclass
 class OpenWebUIParts:
-    """Admission for the Open WebUI endpoints (routes/openwebui.py)."""
-    embeddings: EmbeddingPool
+    """The Open WebUI endpoints' own parts (routes/openwebui.py); both are answered by
+    the worker fleet."""
+    embeddings: FleetEmbeddings
     loader: InFlightGate
 
 
