@@ -11,6 +11,9 @@ person (an Open WebUI upload, a question) waits on each one while a unit's file 
 already accepted and queued. Each job is small (at most OPENAI_EMBED_MAX_INPUTS texts,
 truncated by the model at max_seq_length tokens) and each webui lets at most
 OPENAI_EMBED_IN_FLIGHT of them wait, so ingestion is delayed, never starved.
+Among themselves, front jobs (these and `/process`'s) run newest first: RQ pushes
+each onto the head of the list. The same bound limits how many can overtake one,
+and OPENAI_EMBED_TIMEOUT (504) covers a request overtaken too long.
 """
 
 from __future__ import annotations
