@@ -3,7 +3,7 @@ the vectors' wire format.
 
 Shared because the webui enqueues and waits while the worker runs the function;
 the webui never imports `worker` (the function is enqueued by name). Waiting and
-dropping are shared with parse-only jobs (shared/front_jobs.py).
+dropping are shared with parse-only jobs (shared/interactive_jobs.py).
 
 Wire format of the answer: the vectors as one base64 string of little-endian
 float32, row after row (`count` rows of `dim`). That is 4 bytes a value (5.3 in
@@ -38,13 +38,14 @@ def job_payload_bytes(texts: list[str]) -> int:
 
 
 def enqueue_embed(queue: Queue, job_id: str, texts: list[str], *, timeout_s: int) -> None:
-    """Enqueue at the front: someone is waiting on the vectors, unlike the burst of
-    ingest units behind it, so it goes to the next free worker. No retries: the caller
-    (Open WebUI) sees the failure and may try again. `ttl`: a job still queued when the
-    caller has stopped waiting is discarded, never run for nobody."""
+    """Enqueue on the interactive queue (shared/queue.py), in arrival order: someone is
+    waiting on the vectors, so the next free worker takes it before any ingest unit, and
+    the oldest such request first. No retries: the caller (Open WebUI) sees the failure
+    and may try again. `ttl`: a job still queued when the caller has stopped waiting is
+    discarded, never run for nobody."""
     queue.enqueue_call(
         EMBED_FUNC, args=(texts,), job_id=job_id, timeout=timeout_s, ttl=timeout_s,
-        result_ttl=RESULT_TTL_S, failure_ttl=FAILURE_TTL_S, at_front=True,
+        result_ttl=RESULT_TTL_S, failure_ttl=FAILURE_TTL_S,
         description=f"embed {len(texts)} texts",
     )
 

@@ -2,7 +2,7 @@
 
 Shared because the webui enqueues and waits while the worker runs the function;
 the webui never imports `worker` (the function is enqueued by name). Waiting and
-dropping are shared with embedding jobs (shared/front_jobs.py).
+dropping are shared with embedding jobs (shared/interactive_jobs.py).
 """
 
 from __future__ import annotations
@@ -17,11 +17,12 @@ def extract_job_id(storage_key: str) -> str:
 
 
 def enqueue_extract(queue: Queue, storage_key: str, filename: str, *, timeout_s: int) -> None:
-    """Enqueue at the front: someone is waiting on the answer, unlike a burst of
-    ingests behind it, so it goes to the next free worker. No retries: the caller
-    (Open WebUI) sees the failure and may try again."""
+    """Enqueue on the interactive queue (shared/queue.py), in arrival order: someone is
+    waiting on the answer, so the next free worker takes it before any ingest unit, and
+    the oldest such request first. No retries: the caller (Open WebUI) sees the failure
+    and may try again."""
     queue.enqueue_call(
         EXTRACT_FUNC, args=(storage_key, filename), job_id=extract_job_id(storage_key),
-        timeout=timeout_s, result_ttl=60, failure_ttl=3_600, at_front=True,
+        timeout=timeout_s, result_ttl=60, failure_ttl=3_600,
         description=f"extract {storage_key}",
     )

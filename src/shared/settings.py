@@ -161,7 +161,7 @@ class Settings(BaseSettings):
     query_batch_max: int = Field(default=16, ge=1, le=256)
     query_batch_wait_ms: float = Field(default=5.0, ge=0.0, le=1_000.0)
     # Open WebUI on top (issue 15, webui/openai_compat.py, webui/loader.py). /v1/embeddings
-    # is encoded by the worker fleet (one job at the front of the queue per request), never
+    # is encoded by the worker fleet (one job on the interactive queue per request), never
     # in the webui, so a document's chunks cannot delay queries. At most
     # OPENAI_EMBED_IN_FLIGHT requests wait for a worker per webui process, the rest get
     # 429 + Retry-After; OPENAI_EMBED_TIMEOUT bounds queue wait + encode (then 504); a

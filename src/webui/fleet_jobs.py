@@ -1,7 +1,8 @@
 """Requests answered by the worker fleet while they wait (`PUT /process`,
-`POST /v1/embeddings`): admission per process, the wait, and forgetting the job.
+`POST /v1/embeddings`): admission per process, the live-worker check, the wait, and
+forgetting the job.
 
-The wait polls Redis from a worker thread (shared/front_jobs.py) and sleeps on the
+The wait polls Redis from a worker thread (shared/interactive_jobs.py) and sleeps on the
 event loop between polls, so a waiting request holds no thread, no Redis connection
 and no database connection, and never blocks the loop.
 """
@@ -16,8 +17,12 @@ import anyio
 from rq import Queue
 from starlette.concurrency import run_in_threadpool
 
-from shared.front_jobs import drop_job, poll_job, wait_step
+from shared.interactive_jobs import drop_job, poll_job, wait_step
+from shared.metrics_queue import heartbeat_stale_after, live_workers
+from shared.settings import Settings
 from webui.errors import ApiError
+
+RETRY_AFTER_NO_WORKER_S = 10
 
 
 class InFlightGate:
@@ -38,6 +43,26 @@ class InFlightGate:
 
     def leave(self) -> None:
         self.in_flight -= 1
+
+
+class LiveWorkerCheck:
+    """503 + Retry-After at once when no worker with a recent heartbeat listens on the
+    queue: nothing would answer, and waiting out the full timeout helps no one."""
+
+    def __init__(self, queue: Queue, settings: Settings, detail: str) -> None:
+        self.queue = queue
+        self._detail = detail
+        self._stale_after_s = heartbeat_stale_after(
+            settings.worker_maintenance_interval, settings.job_monitoring_interval,
+            settings.worker_heartbeat_grace)
+
+    def _any_alive(self) -> bool:
+        return bool(live_workers(self.queue.connection, self.queue, self._stale_after_s))
+
+    async def require(self) -> None:
+        if not await run_in_threadpool(self._any_alive):
+            raise ApiError(503, "no_worker", self._detail,
+                           {"Retry-After": str(RETRY_AFTER_NO_WORKER_S)})
 
 
 async def wait_for_job(queue: Queue, job_id: str, timeout_s: float) -> tuple[str, Any]:

@@ -7,13 +7,13 @@ in list order (it does not look at `index`), so the answer keeps input order.
 The webui does no encoding here: it validates the request (API key already checked
 by the guard; at most OPENAI_EMBED_MAX_INPUTS texts of OPENAI_EMBED_MAX_CHARS, else
 400; texts that would make a job over OPENAI_EMBED_MAX_JOB_KB, else 413), enqueues
-one job at the front of the ingest queue (shared/embed_queue.py, run by
+one job on the interactive queue (shared/embed_queue.py, run by
 worker/embed_texts.py), and waits for it as `PUT /process` does (webui/fleet_jobs.py).
 So embedding capacity is the fleet's and grows with workers, and searches keep the
 webui's own query encoder to themselves: they never queue behind a document's chunks.
 
-Front of the queue: ingest units wait behind these jobs, on purpose (a person waits
-on each; see worker/embed_texts.py). Refusals, all JSON `{"detail", "code"}`:
+Interactive queue: workers take these jobs, oldest first, before any ingest unit, on
+purpose (a person waits on each; see worker/embed_texts.py). Refusals, all JSON `{"detail", "code"}`:
 - 429 + Retry-After at once, before any work, when OPENAI_EMBED_IN_FLIGHT requests of
   this process are already waiting for workers;
 - 503 + Retry-After at once when no worker with a recent heartbeat listens on the
@@ -37,15 +37,13 @@ from shared.embed_queue import (
     new_embed_job_id,
     vectors_from_wire,
 )
-from shared.metrics_queue import heartbeat_stale_after, live_workers
 from shared.settings import Settings
 from webui.errors import ApiError
-from webui.fleet_jobs import InFlightGate, forget_job, wait_for_job
+from webui.fleet_jobs import InFlightGate, LiveWorkerCheck, forget_job, wait_for_job
 
 log = logging.getLogger("sluice.webui")
 
 RETRY_AFTER_BUSY_S = 1
-RETRY_AFTER_NO_WORKER_S = 10
 
 
 class EmbeddingsRequest(BaseModel):
@@ -82,7 +80,7 @@ class FleetEmbeddings:
     """Validation, admission and the round trip to a worker for /v1/embeddings."""
 
     def __init__(self, queue: Queue, settings: Settings, *, dim: int) -> None:
-        self.queue = queue
+        self.queue = queue  # the interactive queue (shared/queue.py)
         self.dim = dim
         self.max_inputs = settings.openai_embed_max_inputs
         self.max_chars = settings.openai_embed_max_chars
@@ -93,9 +91,9 @@ class FleetEmbeddings:
             "too many embedding requests are waiting for the workers; retry shortly",
             retry_after_s=RETRY_AFTER_BUSY_S,
         )
-        self._stale_after_s = heartbeat_stale_after(
-            settings.worker_maintenance_interval, settings.job_monitoring_interval,
-            settings.worker_heartbeat_grace)
+        self.live = LiveWorkerCheck(queue, settings, "no worker is running to compute "
+                                    "embeddings; start one (or wait for one to come back) "
+                                    "and retry")
 
     def validate(self, body: EmbeddingsRequest) -> list[str]:
         """The texts to encode, or a 400/413 that says what to change."""
@@ -123,9 +121,6 @@ class FleetEmbeddings:
                            "per request")
         return texts
 
-    def _has_live_worker(self) -> bool:
-        return bool(live_workers(self.queue.connection, self.queue, self._stale_after_s))
-
     async def embed(self, body: EmbeddingsRequest) -> EmbeddingsResponse:
         texts = self.validate(body)
         self.gate.enter()
@@ -143,11 +138,11 @@ class FleetEmbeddings:
 
     async def _round_trip(self, texts: list[str]) -> dict[str, Any]:
         """Enqueue one job, wait for its answer, forget it (read once)."""
-        if not await run_in_threadpool(self._has_live_worker):
+        try:
+            await self.live.require()
+        except ApiError:
             log.warning("embeddings.no_worker queue=%s inputs=%d", self.queue.name, len(texts))
-            raise ApiError(503, "no_worker", "no worker is running to compute embeddings; "
-                           "start one (or wait for one to come back) and retry",
-                           {"Retry-After": str(RETRY_AFTER_NO_WORKER_S)})
+            raise
         job_id = new_embed_job_id()
         await run_in_threadpool(enqueue_embed, self.queue, job_id, texts,
                                 timeout_s=self.timeout_s)

@@ -1,19 +1,19 @@
 """Embedding jobs for Open WebUI's `RAG_EMBEDDING_ENGINE=openai` (`POST /v1/embeddings`).
 
 The webui validates the request and enqueues `worker.embed_texts.embed_texts` by name
-(shared/embed_queue.py) at the front of the queue, then waits. This encodes the texts
+(shared/embed_queue.py) on the interactive queue, then waits. This encodes the texts
 with the worker's loaded model, in batches of the pipeline's `embed_batch_size` (the
 app_config value, as for documents), and returns the vectors in input order in the
 wire format of shared/embed_queue.py. Nothing is written to the database.
 
-Front of the queue means ingest units wait behind these jobs: intended, since a
-person (an Open WebUI upload, a question) waits on each one while a unit's file is
-already accepted and queued. Each job is small (at most OPENAI_EMBED_MAX_INPUTS texts,
-truncated by the model at max_seq_length tokens) and each webui lets at most
-OPENAI_EMBED_IN_FLIGHT of them wait, so ingestion is delayed, never starved.
-Among themselves, front jobs (these and `/process`'s) run newest first: RQ pushes
-each onto the head of the list. The same bound limits how many can overtake one,
-and OPENAI_EMBED_TIMEOUT (504) covers a request overtaken too long.
+Workers take from the interactive queue before the ingest queue, so ingest units wait
+behind these jobs: intended, since a person (an Open WebUI upload, a question) waits on
+each one while a unit's file is already accepted and queued. Each job is small (at most
+OPENAI_EMBED_MAX_INPUTS texts, truncated by the model at max_seq_length tokens) and each
+webui lets at most OPENAI_EMBED_IN_FLIGHT of them wait, so ingestion is delayed, never
+starved. Among themselves, interactive jobs (these and `/process`'s) run first in first
+out, so in a burst the earliest request is answered first and none is overtaken into
+OPENAI_EMBED_TIMEOUT (504) by later ones.
 """
 
 from __future__ import annotations

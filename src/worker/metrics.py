@@ -28,6 +28,7 @@ from shared.db import pool_limit
 from shared.embed_queue import EMBED_FUNC
 from shared.metrics import OUTCOMES, QUEUE_WAIT_BUCKETS, JobMetrics, gauge
 from shared.metrics_queue import process_metrics
+from shared.queue import worker_queues
 from shared.settings import Settings
 from worker.reconciler import ReconcileResult
 from worker.runtime import LOADS, Runtime
@@ -69,7 +70,7 @@ class _WorkerCollector(Collector):
 
 class EmbedJobMetrics:
     """Embedding jobs (`/v1/embeddings`): outcomes, texts encoded, and the wait in the
-    queue before a worker took them (they go in at the front)."""
+    interactive queue before a worker took them."""
 
     def __init__(self, registry: CollectorRegistry):
         self.jobs = Counter("sluice_openai_embed_jobs", "Embedding jobs by outcome (done, failed).",
@@ -104,7 +105,8 @@ class WorkerMetrics:
         self.embed_jobs = EmbedJobMetrics(registry)
         self.resources = process_metrics(
             registry, engine=runtime.engine, db_limit=pool_limit(settings, "worker"),
-            redis=runtime.redis, queue=runtime.queue, settings=settings, backlog=True,
+            redis=runtime.redis, queues=worker_queues(runtime.redis, settings), settings=settings,
+            backlog=True,
         )
         self._lock = threading.Lock()
         self._busy_done = 0.0

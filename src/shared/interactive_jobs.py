@@ -1,11 +1,12 @@
 """Jobs someone is waiting on (Open WebUI's document loader and embeddings): polled
 until over, then dropped.
 
-Both are pushed at the front of the ingest queue (see shared/extract_queue.py and
-shared/embed_queue.py) and answered by the worker fleet while the webui request
-waits. The poll reads the job's status field only (an embedding job's hash holds its
-texts: up to OPENAI_EMBED_MAX_JOB_KB that a full fetch would move on every poll) and
-reads the result once, when there is one.
+Both go on the interactive queue (first in first out, taken before any ingest unit:
+see shared/queue.py, shared/extract_queue.py and shared/embed_queue.py) and are
+answered by the worker fleet while the webui request waits. The poll reads the job's
+status field only (an embedding job's hash holds its texts: up to
+OPENAI_EMBED_MAX_JOB_KB that a full fetch would move on every poll) and reads the
+result once, when there is one.
 """
 
 from __future__ import annotations
