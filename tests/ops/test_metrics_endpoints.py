@@ -55,6 +55,9 @@ def test_each_metric_is_exposed(stack: Stack, settings: Settings) -> None:
     assert value(wk, "sluice_config_loads_total") == 1
     assert value(wk, "sluice_model_load_seconds") > 0
     assert value(web, "sluice_queue_workers", queue="ingest") >= 1
+    # The interactive queue (Open WebUI's jobs) is reported beside it, under its own label.
+    assert value(web, "sluice_queue_workers", queue="ingest-interactive") >= 1
+    assert value(wk, "sluice_queue_depth", queue="ingest-interactive") >= 0
     # Retries are scheduled in Postgres: the workers run no RQ scheduler.
     assert value(web, "sluice_queue_scheduler_running", queue="ingest") == 0
 
