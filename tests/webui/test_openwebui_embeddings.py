@@ -9,9 +9,6 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -22,49 +19,17 @@ from redis import Redis
 from shared.embedding import Embedder
 from shared.encoders import load_embedder
 from shared.settings import Settings
-from tests.support.helpers import free_port, wait_until
+from tests.support.helpers import wait_until
 from tests.support.metrics import scrape, value
-from tests.support.stack import ApiUser, Proc, Stack, start_webui, wait_webui_ready
+from tests.support.stack import ApiUser, SideWebuis, Stack
 
 TEXTS = ["the pump manual says to bleed the valve", "invoice 4471 is overdue",
          "a recipe for bread", "the pump manual says to bleed the valve"]
-SIDE_TIMEOUT_S = 3  # OPENAI_EMBED_TIMEOUT of the webui beside the stack's
 
 
 @pytest.fixture(scope="module")
 def embedder(settings: Settings) -> Embedder:
     return load_embedder(settings, 1)
-
-
-@dataclass
-class SideWebuis:
-    """Two more webuis on the test's Postgres and Redis: `tight` on the stack worker's
-    queue with OPENAI_EMBED_IN_FLIGHT=2 and a short OPENAI_EMBED_TIMEOUT; `lonely` on a
-    queue no worker listens to."""
-    tight: str
-    lonely: str
-
-
-@pytest.fixture(scope="module")
-def side(env: dict[str, str], stack: Stack, tmp_path_factory: pytest.TempPathFactory
-         ) -> Iterator[SideWebuis]:
-    logs: Path = tmp_path_factory.mktemp("side-webuis")
-    ports = free_port(), free_port()
-    procs: list[Proc] = [
-        start_webui({**env, "OPENAI_EMBED_IN_FLIGHT": "2",
-                     "OPENAI_EMBED_TIMEOUT": str(SIDE_TIMEOUT_S)},
-                    logs / "tight.log", ports[0], wait=False),
-        start_webui({**env, "QUEUE_NAME": "embeddings-test-no-workers"},
-                    logs / "lonely.log", ports[1], wait=False),
-    ]
-    try:
-        urls = [f"http://127.0.0.1:{p}" for p in ports]
-        for proc, url in zip(procs, urls, strict=True):
-            wait_webui_ready(proc, url)
-        yield SideWebuis(*urls)
-    finally:
-        for proc in procs:
-            proc.stop()
 
 
 def _embed(client: httpx.Client, payload: Any) -> httpx.Response:
@@ -213,7 +178,7 @@ def test_beyond_in_flight_429_and_504_when_no_worker_answers(
             refused_after = time.monotonic() - started
             search = c.post("/api/v1/search", json={"query": "pump valve", "top_k": 3})
         for t in threads:
-            t.join(timeout=SIDE_TIMEOUT_S + 30)
+            t.join(timeout=side.tight_timeout_s + 30)
     finally:
         os.kill(stack.worker.pid, signal.SIGCONT)
     assert refused.status_code == 429, refused.text
