@@ -12,8 +12,8 @@ Open WebUI (owui.py: its own venv, offline) wired with the settings
    fetches the schema and calls `search`, which answers that document;
 3. loader + embeddings: a file uploaded through Open WebUI is extracted by
    Sluice (PUT /process, parsed by a worker) and embedded by Sluice
-   (/v1/embeddings): Sluice's request counters move, and the vector Open WebUI
-   stored equals Sluice's embedding of that chunk;
+   (/v1/embeddings, encoded by a worker): Sluice's request counters move, and the
+   vector Open WebUI stored equals Sluice's embedding of that chunk;
 4. the burst (burst.py, as `make compare`): N files uploaded at once through
    Open WebUI with Sluice underneath, side by side with Open WebUI alone.
 
@@ -78,9 +78,10 @@ def sluice_document(sluice: str, key: str) -> tuple[str, str]:
     return cid, phrase
 
 
-def request_counts(sluice: str) -> dict[str, float]:
-    """Sluice's own request counters (Prometheus) for the two Open WebUI endpoints."""
-    text = httpx.get(f"{sluice}/metrics", timeout=30).text
+def request_counts(metrics_url: str) -> dict[str, float]:
+    """Sluice's own request counters (Prometheus, on the webui's metrics port: the API
+    port has no /metrics) for the two Open WebUI endpoints."""
+    text = httpx.get(metrics_url, timeout=30).text
     counts = {"/process": 0.0, "/v1/embeddings": 0.0}
     for line in text.splitlines():
         m = re.match(r'http_requests_total\{(.*)\} ([0-9.e+]+)$', line)
@@ -91,9 +92,9 @@ def request_counts(sluice: str) -> dict[str, float]:
     return counts
 
 
-def upload_through_owui(server: owui.OpenWebUI, token: str, sluice: str, key: str,
+def upload_through_owui(server: owui.OpenWebUI, token: str, sluice: App, key: str,
                         db_url: str) -> dict[str, object]:
-    before = request_counts(sluice)
+    before = request_counts(sluice.metrics_url)
     phrase = f"kingfisher-{uuid.uuid4().hex[:8]}"
     body = f"# Field log\n\nA {phrase} was seen diving near the sluice gate at dawn.\n"
     with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {token}"},
@@ -106,13 +107,13 @@ def upload_through_owui(server: owui.OpenWebUI, token: str, sluice: str, key: st
                 break
             time.sleep(0.5)
     assert status == owui.DONE, f"Open WebUI did not process its upload: {status}"
-    after = request_counts(sluice)
+    after = request_counts(sluice.metrics_url)
     with psycopg.connect(db_url) as conn:
         text, vector = conn.execute("SELECT text, vector::text FROM document_chunk "
                                     "WHERE collection_name = %s LIMIT 1", (f"file-{fid}",)
                                     ).fetchone() or ("", "[]")
     stored = np.array(json.loads(vector))[:384]  # Open WebUI pads to its column's width
-    with httpx.Client(base_url=sluice, headers={"Authorization": f"Bearer {key}"}) as c:
+    with httpx.Client(base_url=sluice.url, headers={"Authorization": f"Bearer {key}"}) as c:
         ours = np.array(c.post("/v1/embeddings", json={"input": [text]}, timeout=120)
                         .json()["data"][0]["embedding"])
     facts = {"process_calls": after["/process"] - before["/process"],
@@ -151,10 +152,12 @@ def main() -> None:
         servers.start()
         try:
             # Open WebUI's uploads all arrive as one Sluice user: lift the per-user limits,
-            # and let the embeddings pool queue what Open WebUI sends at once.
+            # and let the webui hold every embedding and loader request Open WebUI sends
+            # at once for the workers, however long the burst keeps them waiting.
             env = app_env(servers, root / "sluice" / "uploads", {
                 "UPLOADS_IN_FLIGHT_PER_USER": str(max(n, 4)), "RATE_LIMIT_PER_MINUTE": "0",
-                "OPENAI_EMBED_QUEUE": str(4 * n + 8), "LOADER_CONCURRENCY": str(2 * n + 8)})
+                "OPENAI_EMBED_IN_FLIGHT": str(4 * n + 8), "OPENAI_EMBED_TIMEOUT": "600",
+                "LOADER_CONCURRENCY": str(2 * n + 8)})
             app = App(env, workers=args.workers, log_dir=root / "sluice" / "logs",
                       port=free_port())
             rd = servers.redis_client()
@@ -186,7 +189,7 @@ def main() -> None:
                                                      "weir inspection")
                     assert phrase in called["result"]["hits"][0]["text"], called
                     report["tools"] = {"listed": tools, "built": called["tools"]}
-                    report["loader_embeddings"] = upload_through_owui(server, token, app.url,
+                    report["loader_embeddings"] = upload_through_owui(server, token, app,
                                                                       key, db_url)
                     print(json.dumps(report, indent=1), flush=True)
                     if not args.skip_burst:

@@ -1,6 +1,7 @@
 """Queue state for `/metrics` (and `sluice doctor`), read from Redis at scrape time.
 
-One pipelined round trip for the counts plus at most two small reads: bounded
+Per queue (the interactive queue and the ingest queue, each as its own `queue`
+label): one pipelined round trip for the counts plus at most two small reads, bounded
 work however long the queue is. Registry counts are ZCARDs, never RQ's
 `registry.count` (which cleans up as a side effect).
 """
@@ -8,7 +9,7 @@ work however long the queue is. Registry counts are ZCARDs, never RQ's
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -71,6 +72,22 @@ def read_queue(redis: Redis, queue: Queue, stale_after_s: float) -> QueueSnapsho
         enqueued = redis.hget(Job.key_for(_text(head)), "enqueued_at")
         if enqueued:
             oldest = max((now - utcparse(_text(enqueued))).total_seconds(), 0.0)
+    alive = _alive(redis, members, now, stale_after_s)
+    return QueueSnapshot(
+        queue=queue.name, depth=int(depth), registries=dict(zip(REGISTRIES, map(int, counts), strict=True)),
+        oldest_age_s=oldest, workers=len(alive), scheduler_running=bool(scheduler), worker_names=alive,
+    )
+
+
+def live_workers(redis: Redis, queue: Queue, stale_after_s: float) -> list[str]:
+    """Names of the workers on `queue` with a recent heartbeat (what `sluice_queue_workers`
+    counts): a worker killed without deregistering drops out once its beat is stale."""
+    members = redis.smembers(WORKERS_BY_QUEUE_KEY % queue.name)
+    return _alive(redis, members, datetime.now(UTC), stale_after_s)
+
+
+def _alive(redis: Redis, members: Iterable[bytes | str], now: datetime, stale_after_s: float
+           ) -> list[str]:
     names = sorted(_text(m) for m in members)
     alive: list[str] = []
     if names:
@@ -81,10 +98,7 @@ def read_queue(redis: Redis, queue: Queue, stale_after_s: float) -> QueueSnapsho
         for name, beat in zip(names, beats, strict=True):
             if beat and (now - utcparse(_text(beat))).total_seconds() <= stale_after_s:
                 alive.append(name.removeprefix("rq:worker:"))
-    return QueueSnapshot(
-        queue=queue.name, depth=int(depth), registries=dict(zip(REGISTRIES, map(int, counts), strict=True)),
-        oldest_age_s=oldest, workers=len(alive), scheduler_running=bool(scheduler), worker_names=alive,
-    )
+    return alive
 
 
 def heartbeat_stale_after(maintenance_s: int, monitoring_s: int, grace_s: int) -> float:
@@ -93,33 +107,44 @@ def heartbeat_stale_after(maintenance_s: int, monitoring_s: int, grace_s: int) -
 
 
 class QueueCollector(Collector):
-    """`sluice_queue_*` gauges. On a Redis error it reports nothing (the error is counted)."""
+    """`sluice_queue_*` gauges, one sample per queue (label `queue`). On a Redis error it
+    reports nothing (the error is counted)."""
 
-    def __init__(self, redis: Redis, queue: Queue, stale_after_s: float):
-        self._redis, self._queue, self._stale = redis, queue, stale_after_s
+    def __init__(self, redis: Redis, queues: Sequence[Queue], stale_after_s: float):
+        self._redis, self._queues, self._stale = redis, list(queues), stale_after_s
 
     def collect(self) -> Iterable[Metric]:
         try:
-            snap = read_queue(self._redis, self._queue, self._stale)
+            snaps = [read_queue(self._redis, q, self._stale) for q in self._queues]
         except (RedisError, ValueError) as err:
             log.warning("metrics.queue_unavailable error=%s", err)
             return
-        q = {"queue": snap.queue}
-        yield gauge("sluice_queue_depth", "Jobs waiting in the queue.", snap.depth, q)
+        families = {
+            "depth": GaugeMetricFamily("sluice_queue_depth", "Jobs waiting in the queue.",
+                                       labels=["queue"]),
+            "oldest": GaugeMetricFamily("sluice_queue_oldest_job_age_seconds",
+                                        "Age of the oldest waiting job (0 when the queue is "
+                                        "empty).", labels=["queue"]),
+            "workers": GaugeMetricFamily("sluice_queue_workers", "Workers listening on the "
+                                         "queue with a recent heartbeat.", labels=["queue"]),
+            "scheduler": GaugeMetricFamily("sluice_queue_scheduler_running", "1 if an RQ "
+                                           "scheduler holds the queue's lock (retries need it).",
+                                           labels=["queue"]),
+        }
         registry = GaugeMetricFamily(
             "sluice_queue_registry_jobs", "Jobs in RQ's registries of the queue.",
             labels=["queue", "registry"],
         )
-        for name, count in snap.registries.items():
-            registry.add_metric([snap.queue, name], count)
+        for snap in snaps:
+            families["depth"].add_metric([snap.queue], snap.depth)
+            families["oldest"].add_metric([snap.queue], snap.oldest_age_s)
+            families["workers"].add_metric([snap.queue], snap.workers)
+            families["scheduler"].add_metric([snap.queue], int(snap.scheduler_running))
+            for name, count in snap.registries.items():
+                registry.add_metric([snap.queue, name], count)
+        yield families["depth"]
         yield registry
-        yield gauge("sluice_queue_oldest_job_age_seconds",
-                    "Age of the oldest waiting job (0 when the queue is empty).", snap.oldest_age_s, q)
-        yield gauge("sluice_queue_workers", "Workers listening on the queue with a recent heartbeat.",
-                    snap.workers, q)
-        yield gauge("sluice_queue_scheduler_running",
-                    "1 if an RQ scheduler holds the queue's lock (retries need it).",
-                    int(snap.scheduler_running), q)
+        yield from (families[k] for k in ("oldest", "workers", "scheduler"))
 
 
 class BacklogCollector(Collector):
@@ -152,15 +177,17 @@ class BacklogCollector(Collector):
 
 
 def process_metrics(
-    registry: CollectorRegistry, *, engine: Engine, db_limit: int, redis: Redis, queue: Queue,
-    settings: Settings, aredis: AsyncRedis | None = None, backlog: bool = False,
+    registry: CollectorRegistry, *, engine: Engine, db_limit: int, redis: Redis,
+    queues: Sequence[Queue], settings: Settings, aredis: AsyncRedis | None = None,
+    backlog: bool = False,
 ) -> ResourceMetrics:
-    """DB pool, Redis pool(s) and queue metrics of one process (webui or worker); with
-    `backlog` (a sync engine: the worker) also the Postgres backlog."""
-    extra: list[Collector] = [QueueCollector(redis, queue, heartbeat_stale_after(
+    """DB pool, Redis pool(s) and the `queues`' metrics of one process (webui or worker);
+    with `backlog` (a sync engine: the worker) also the Postgres backlog of work units
+    (labelled with QUEUE_NAME, as KEDA and the alerts read it)."""
+    extra: list[Collector] = [QueueCollector(redis, queues, heartbeat_stale_after(
         settings.worker_maintenance_interval, settings.job_monitoring_interval,
         settings.worker_heartbeat_grace))]
     if backlog:
-        extra.append(BacklogCollector(engine, queue.name))
+        extra.append(BacklogCollector(engine, settings.queue_name))
     return ResourceMetrics(registry, engine=engine, db_limit=db_limit, redis=redis, aredis=aredis,
                            extra=extra)

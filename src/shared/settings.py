@@ -165,11 +165,14 @@ class Settings(BaseSettings):
     query_batch_max: int = Field(default=16, ge=1, le=256)
     query_batch_wait_ms: float = Field(default=5.0, ge=0.0, le=1_000.0)
     # Open WebUI on top (issue 15, webui/openai_compat.py, webui/loader.py). /v1/embeddings
-    # is served beside search, never through the query encoder's queue: at most
-    # OPENAI_EMBED_CONCURRENCY requests encode at once per process, OPENAI_EMBED_QUEUE more
-    # may wait, the rest get 429 + Retry-After, so a document's chunks cannot delay queries.
-    openai_embed_concurrency: int = Field(default=1, ge=1, le=64)
-    openai_embed_queue: int = Field(default=8, ge=0, le=1_000)
+    # is encoded by the worker fleet (one job on the interactive queue per request), never
+    # in the webui, so a document's chunks cannot delay queries. At most
+    # OPENAI_EMBED_IN_FLIGHT requests wait for a worker per webui process, the rest get
+    # 429 + Retry-After; OPENAI_EMBED_TIMEOUT bounds queue wait + encode (then 504); a
+    # request whose texts would make a job larger than OPENAI_EMBED_MAX_JOB_KB gets 413.
+    openai_embed_in_flight: int = Field(default=16, ge=1, le=1_000)
+    openai_embed_timeout: int = Field(default=60, ge=1, le=600)
+    openai_embed_max_job_kb: int = Field(default=1_024, ge=16, le=16_384)
     openai_embed_max_inputs: int = Field(default=64, ge=1, le=2_048)
     openai_embed_max_chars: int = Field(default=20_000, ge=1, le=1_000_000)
     # PUT /process (Open WebUI's external document loader): parsed by the worker fleet as a
@@ -241,6 +244,10 @@ class Settings(BaseSettings):
     @property
     def max_request_body_bytes(self) -> int:
         return self.max_request_body_kb * 1024
+
+    @property
+    def openai_embed_max_job_bytes(self) -> int:
+        return self.openai_embed_max_job_kb * 1024
 
     @property
     def uses_null_pool(self) -> bool:

@@ -14,16 +14,16 @@ from starlette.concurrency import run_in_threadpool
 from shared.db import async_session_factory, create_webui_engine, pool_limit
 from shared.encoders import load_embedder
 from shared.metrics_queue import process_metrics
-from shared.queue import make_queue
+from shared.queue import make_interactive_queue, make_queue
 from shared.redis_pool import create_async_redis, create_redis
 from shared.settings import Settings, get_settings
 from webui.errors import install_error_handlers
 from webui.events import EventHub
 from webui.guard import RequestGuard
 from webui.limits import RateLimits
-from webui.loader import LoaderGate
+from webui.loader import fleet_loader
 from webui.metrics import MetricsServer, WebuiMetrics, instrument
-from webui.openai_compat import EmbeddingPool
+from webui.openai_compat import FleetEmbeddings
 from webui.query_encoder import QueryEncoder
 from webui.routes import admin, collections, events, files, health, me, openwebui, page, search
 from webui.search import column_text_config
@@ -52,19 +52,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                max_wait_s=settings.query_batch_wait_ms / 1000, registry=registry)
         await encoder.start()
         text_config = await column_text_config(engine, settings.search_text_config)
+        queue = make_queue(redis, settings)
+        interactive = make_interactive_queue(redis, settings)
         app.state.sluice = AppState(
             settings=settings, engine=engine, session_factory=async_session_factory(engine),
-            redis=redis, aredis=aredis, queue=make_queue(redis, settings), embedder=embedder,
+            redis=redis, aredis=aredis, queue=queue, embedder=embedder,
             query_encoder=encoder, text_config=text_config, events=hub,
             limits=RateLimits(aredis, settings.rate_limit_per_minute,
                               settings.auth_failures_per_minute),
             metrics=webui_metrics,
-            openwebui=OpenWebUIParts(EmbeddingPool(embedder, settings),
-                                     LoaderGate(settings.loader_concurrency)),
+            openwebui=OpenWebUIParts(FleetEmbeddings(interactive, settings, dim=embedder.dim),
+                                     fleet_loader(interactive, settings)),
         )
         metrics = process_metrics(
             registry, engine=engine.sync_engine, db_limit=pool_limit(settings, "webui"),
-            redis=redis, aredis=aredis, queue=app.state.sluice.queue, settings=settings,
+            redis=redis, aredis=aredis, queues=[interactive, queue], settings=settings,
         )
         server = MetricsServer(settings, registry)
         log.info("webui.ready model=%s backend=%s model_load=%.2fs", embedder.name,

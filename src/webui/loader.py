@@ -3,32 +3,36 @@
 Open WebUI (≥ 0.10, `CONTENT_EXTRACTION_ENGINE=external`) PUTs the raw file as
 the body with `Content-Type` and a url-quoted `X-Filename`, and reads back one
 document. The bytes are parsed by the worker fleet, not here: the webui stores
-them on the shared volume (as uploads are), enqueues a parse-only job at the
-front of the queue (shared/extract_queue.py) and waits for its answer. So the
-same isolated parser, limits and file-type detection apply as for uploads, the
-webui never loads parser libraries or imports `worker`, and parse capacity is
-the fleet's. Nothing is kept: the stored bytes are removed when the answer leaves.
+them on the shared volume (as uploads are), enqueues a parse-only job on the
+interactive queue (shared/extract_queue.py) and waits for its answer
+(webui/fleet_jobs.py). So the same isolated parser, limits and file-type
+detection apply as for uploads, the webui never loads parser libraries or
+imports `worker`, and parse capacity is the fleet's. Nothing is kept: the
+stored bytes are removed when the answer leaves. With no live worker the answer is
+503 at once, before the body is read (as for /v1/embeddings).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
 import uuid
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 import anyio
 from fastapi import Request
+from rq import Queue
 from starlette.concurrency import run_in_threadpool
 
-from shared.extract_queue import drop_extract, enqueue_extract, poll_extract, wait_step
+from shared.extract_queue import enqueue_extract, extract_job_id
+from shared.settings import Settings
 from shared.storage import incoming_dir, new_storage_key, remove_stored, stored_path
 from webui.errors import ApiError
+from webui.fleet_jobs import InFlightGate, LiveWorkerCheck, forget_job, wait_for_job
 from webui.receive import clean_filename, discard, move_into_place
 
-if TYPE_CHECKING:  # state.py holds a LoaderGate
+if TYPE_CHECKING:  # state.py holds the FleetLoader
     from webui.state import AppState
 
 log = logging.getLogger("sluice.webui")
@@ -37,21 +41,24 @@ log = logging.getLogger("sluice.webui")
 QUEUE_WAIT_S = 60.0
 
 
-class LoaderGate:
-    """At most LOADER_CONCURRENCY documents in flight per webui process; then 429."""
+@dataclass
+class FleetLoader:
+    """What `PUT /process` needs besides the app: the interactive queue, at most
+    LOADER_CONCURRENCY documents in flight per webui process (then 429), and the
+    live-worker check (503)."""
+    queue: Queue
+    gate: InFlightGate
+    live: LiveWorkerCheck
 
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.in_flight = 0
 
-    def enter(self) -> None:
-        if self.in_flight >= self.limit:
-            raise ApiError(429, "busy", "too many documents are being extracted; retry shortly",
-                           {"Retry-After": "2"})
-        self.in_flight += 1
-
-    def leave(self) -> None:
-        self.in_flight -= 1
+def fleet_loader(queue: Queue, settings: Settings) -> FleetLoader:
+    return FleetLoader(
+        queue,
+        InFlightGate(settings.loader_concurrency,
+                     "too many documents are being extracted; retry shortly", retry_after_s=2),
+        LiveWorkerCheck(queue, settings, "no worker is running to extract documents; start "
+                        "one (or wait for one to come back) and retry"),
+    )
 
 
 def filename_from(request: Request) -> str:
@@ -86,29 +93,26 @@ async def _receive(request: Request, state: AppState) -> tuple[str, int]:
         raise
 
 
-async def _wait(state: AppState, key: str, timeout_s: float) -> tuple[str, Any]:
-    started = time.monotonic()
-    while time.monotonic() - started < timeout_s:
-        outcome = await run_in_threadpool(poll_extract, state.queue, key)
-        if outcome is not None:
-            return outcome
-        await asyncio.sleep(wait_step(started))
-    return ("timeout", None)
-
-
-async def process(request: Request, state: AppState, gate: LoaderGate) -> dict[str, Any]:
+async def process(request: Request, state: AppState, fleet: FleetLoader) -> dict[str, Any]:
     """Extract one document's text through the worker fleet (the route's whole work)."""
     filename = filename_from(request)
     content_type = request.headers.get("content-type", "")
     settings = state.settings
+    try:
+        await fleet.live.require()
+    except ApiError:
+        log.warning("loader.no_worker queue=%s", fleet.queue.name)
+        raise
+    gate, queue = fleet.gate, fleet.queue
     gate.enter()
     key: str | None = None
     try:
         key, size = await _receive(request, state)
         job_timeout = int(settings.parse_timeout) + 30
-        await run_in_threadpool(enqueue_extract, state.queue, key, filename, timeout_s=job_timeout)
-        status, result = await _wait(state, key, job_timeout + QUEUE_WAIT_S)
-        await run_in_threadpool(drop_extract, state.queue, key)
+        await run_in_threadpool(enqueue_extract, queue, key, filename, timeout_s=job_timeout)
+        job_id = extract_job_id(key)
+        status, result = await wait_for_job(queue, job_id, job_timeout + QUEUE_WAIT_S)
+        await forget_job(queue, job_id)
     finally:
         gate.leave()
         if key is not None:

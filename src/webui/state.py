@@ -14,17 +14,18 @@ from shared.embedding import Embedder
 from shared.settings import Settings
 from webui.events import EventHub
 from webui.limits import RateLimits
-from webui.loader import LoaderGate
+from webui.loader import FleetLoader
 from webui.metrics import WebuiMetrics
-from webui.openai_compat import EmbeddingPool
+from webui.openai_compat import FleetEmbeddings
 from webui.query_encoder import QueryEncoder
 
 
 @dataclass
 class OpenWebUIParts:
-    """Admission for the Open WebUI endpoints (routes/openwebui.py)."""
-    embeddings: EmbeddingPool
-    loader: LoaderGate
+    """The Open WebUI endpoints' own parts (routes/openwebui.py); both are answered by
+    the worker fleet through the interactive queue."""
+    embeddings: FleetEmbeddings
+    loader: FleetLoader
 
 
 @dataclass
@@ -34,7 +35,7 @@ class AppState:
     session_factory: async_sessionmaker[Any]
     redis: Redis  # the one sync pool: RQ enqueues (run in threads) and health checks
     aredis: AsyncRedis  # the one async pool: event-stream reader and per-user limits
-    queue: Queue
+    queue: Queue  # work units; Open WebUI's jobs go on the interactive queue (openwebui)
     embedder: Embedder
     # Queries are encoded in micro-batches with one intra-op thread: the webui's CPU
     # belongs to request handling, not to a pile of parallel encodes.

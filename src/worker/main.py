@@ -1,4 +1,4 @@
-"""`sluice worker`: boot once, then work the ingest queue until told to stop.
+"""`sluice worker`: boot once, then work the interactive and ingest queues until told to stop.
 
 One long-lived process per pod. Jobs run in this process (no fork per job):
 the model stays loaded and warm, and torch's thread pools are never carried
@@ -22,6 +22,7 @@ from rq.queue import Queue
 from rq.serializers import JSONSerializer
 from rq.worker import WorkerStatus
 
+from shared.queue import worker_queues
 from shared.settings import Settings
 from shared.work import renew_lease
 from worker.dispatcher import DispatcherThread
@@ -148,8 +149,9 @@ def run(settings: Settings, *, processes_sharing_cpus: int = 1, burst: bool = Fa
     # The parser's fork server must start before torch spins up threads.
     start_parser_server()
     runtime = boot(settings, processes_sharing_cpus)
+    # Interactive first: RQ takes from the queues in this order (shared/queue.py).
     worker = SluiceWorker(
-        [runtime.queue],
+        worker_queues(runtime.redis, settings),
         connection=runtime.redis,
         name=runtime.name,
         serializer=JSONSerializer,

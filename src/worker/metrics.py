@@ -2,7 +2,9 @@
 
 Besides the pools and the queue (shared with the webui), the worker records
 each job's outcome, its stage durations, how long it waited in the queue, how
-busy the worker is, what boot loaded and the reconciler's repairs.
+busy the worker is, what boot loaded and the reconciler's repairs. Embedding
+jobs for `/v1/embeddings` are counted on their own (`sluice_openai_embed_*`), not
+as work units.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 from wsgiref.simple_server import make_server
 
-from prometheus_client import CollectorRegistry, make_wsgi_app
+from prometheus_client import CollectorRegistry, Counter, Histogram, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import ThreadingWSGIServer, _SilentHandler
 from prometheus_client.registry import Collector
@@ -25,9 +27,11 @@ from sqlalchemy import Engine, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from shared.db import pool_limit
-from shared.metrics import OUTCOMES, JobMetrics, gauge
+from shared.embed_queue import EMBED_FUNC
+from shared.metrics import OUTCOMES, QUEUE_WAIT_BUCKETS, JobMetrics, gauge
 from shared.metrics_queue import process_metrics
 from shared.models import AppConfig
+from shared.queue import worker_queues
 from shared.reembed import REEMBED_KEY, UNITS_SQL
 from shared.settings import Settings
 from worker.reconciler import ReconcileResult
@@ -91,15 +95,45 @@ class ReembedCollector(Collector):
         yield family
 
 
+class EmbedJobMetrics:
+    """Embedding jobs (`/v1/embeddings`): outcomes, texts encoded, and the wait in the
+    interactive queue before a worker took them."""
+
+    def __init__(self, registry: CollectorRegistry):
+        self.jobs = Counter("sluice_openai_embed_jobs", "Embedding jobs by outcome (done, failed).",
+                            ["outcome"], registry=registry)
+        for outcome in ("done", "failed"):
+            self.jobs.labels(outcome=outcome)
+        self.texts = Counter("sluice_openai_embed_texts", "Texts encoded for /v1/embeddings.",
+                             registry=registry)
+        self.queue_wait = Histogram(
+            "sluice_openai_embed_queue_wait_seconds",
+            "Time from an embedding job's enqueue to its start.",
+            buckets=QUEUE_WAIT_BUCKETS, registry=registry,
+        )
+
+    def record(self, job: Job, ok: bool) -> None:
+        result: Any = getattr(job, "_result", None)
+        self.jobs.labels(outcome="done" if ok else "failed").inc()
+        if ok and isinstance(result, dict) and isinstance(result.get("count"), int):
+            self.texts.inc(result["count"])
+
+
+def _is_embed(job: Job) -> bool:
+    return job.func_name == EMBED_FUNC
+
+
 class WorkerMetrics:
     def __init__(self, registry: CollectorRegistry, runtime: Runtime):
         settings = runtime.settings
         self.runtime = runtime
         self.registry = registry
         self.jobs = JobMetrics(registry)
+        self.embed_jobs = EmbedJobMetrics(registry)
         self.resources = process_metrics(
             registry, engine=runtime.engine, db_limit=pool_limit(settings, "worker"),
-            redis=runtime.redis, queue=runtime.queue, settings=settings, backlog=True,
+            redis=runtime.redis, queues=worker_queues(runtime.redis, settings), settings=settings,
+            backlog=True,
         )
         self._lock = threading.Lock()
         self._busy_done = 0.0
@@ -118,7 +152,8 @@ class WorkerMetrics:
             self.running_since = time.monotonic()
         if job.enqueued_at is not None:
             waited = (datetime.now(UTC) - _aware(job.enqueued_at)).total_seconds()
-            self.jobs.queue_wait.observe(max(waited, 0.0))
+            wait = self.embed_jobs.queue_wait if _is_embed(job) else self.jobs.queue_wait
+            wait.observe(max(waited, 0.0))
 
     def job_finished(self, job: Job, ok: bool) -> None:
         with self._lock:
@@ -131,6 +166,9 @@ class WorkerMetrics:
             log.exception("worker.metrics_failed job_id=%s", job.id)
 
     def _record(self, job: Job, ok: bool, took: float) -> None:
+        if _is_embed(job):
+            self.embed_jobs.record(job, ok)
+            return
         outcome = job_outcome(job, ok)
         self.jobs.jobs.labels(outcome=outcome).inc()
         if outcome == "skipped":

@@ -6,7 +6,8 @@ to wait out) looks for:
 
 * `running` units whose lease ran out (their worker died or hung) → back to the
   backlog, or the file `failed` once JOB_MAX_RETRIES are spent;
-* `dispatched` units whose RQ job is gone (Redis lost it) → back to the backlog;
+* `dispatched` units whose RQ job is gone (Redis lost it, or a worker died
+  while taking it) → back to the backlog;
 * `queued`/`processing` files with no live unit at all (files from before units,
   or a write that never happened) → a new parse unit.
 
@@ -111,7 +112,7 @@ def _lost_deliveries(
     ).all()
     for unit in units:
         try:
-            pending = job_is_pending(fetch_job(queue, unit_job_id(unit.id, unit.attempt)))
+            pending = job_is_pending(queue, fetch_job(queue, unit_job_id(unit.id, unit.attempt)))
         except RedisError as err:
             log.warning("reconciler.redis_unavailable error=%s", err)
             return  # cannot tell lost from waiting: next pass

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from redis import Redis
 
 from shared.metrics_queue import QueueSnapshot
@@ -117,13 +118,27 @@ def test_queue_and_worker_facts_verdicts() -> None:
     assert checks["worker.boot[w2]"].verdict == "CRITICAL"  # never loaded
 
 
+def _snapshot(name: str, workers: int) -> QueueSnapshot:
+    return QueueSnapshot(name, depth=1, registries={"started": 0, "failed": 0, "deferred": 0,
+                         "scheduled": 0}, oldest_age_s=2, workers=workers, scheduler_running=False)
+
+
+@pytest.mark.parametrize(("listening", "verdict"), [(2, "OK"), (1, "WARN"), (0, "CRITICAL")])
+def test_workers_not_on_the_interactive_queue(listening: int, verdict: str) -> None:
+    inputs = Inputs([], queue=_snapshot("ingest", 2),
+                    interactive=_snapshot("ingest-interactive", listening))
+    check = by_name(run_checks(inputs))["queue.interactive"]
+    assert check.verdict == verdict, check
+    assert f"{listening}" in check.detail and "ingest-interactive" in check.detail
+
+
 def test_live_checks_against_the_embedded_servers(
     stack: Stack, env: dict[str, str], redis_client: Redis
 ) -> None:
     checks = by_name(run_checks(gather(args(), env)))
     for name in ("postgres.connection_budget", "postgres.connections_in_use", "redis.client_budget",
                  "redis.clients_in_use", "redis.eviction_policy", "redis.persistence", "queue.workers",
-                 "queue.scheduler"):
+                 "queue.interactive", "queue.scheduler"):
         assert checks[name].verdict == "OK", checks[name]
     assert "sluice-webui=" in checks["postgres.connections_in_use"].detail
     assert "live" in checks["postgres.connection_budget"].detail

@@ -5,7 +5,6 @@ from __future__ import annotations
 import uuid
 
 import httpx
-from prometheus_client.parser import text_string_to_metric_families
 from redis import Redis
 from rq.suspension import resume, suspend
 from sqlalchemy import Engine
@@ -14,10 +13,9 @@ from shared.settings import Settings
 from shared.storage import new_storage_key
 from shared.work import wake
 from tests.support.helpers import upload, wait_for_status, wait_until
+from tests.support.metrics import Samples, scrape, value
 from tests.support.samples import make_pdf
 from tests.support.stack import ApiUser, Stack, insert_file
-
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 SHARED = [
     "sluice_db_pool_size", "sluice_db_pool_max", "sluice_db_pool_checked_out",
@@ -32,20 +30,9 @@ WORKER_ONLY = [
     "sluice_model_load_seconds", "sluice_worker_busy_seconds_total", "sluice_worker_busy",
     "sluice_model_loads_total", "sluice_config_loads_total", "sluice_reconciler_requeued_total",
     "sluice_reconciler_failed_total", "sluice_work_backlog", "sluice_work_units",
+    "sluice_openai_embed_jobs_total", "sluice_openai_embed_texts_total",
+    "sluice_openai_embed_queue_wait_seconds_count",
 ]
-
-
-def scrape(url: str) -> Samples:
-    r = httpx.get(url, timeout=10)
-    assert r.status_code == 200, r.text
-    return {
-        (s.name, frozenset(s.labels.items())): s.value
-        for family in text_string_to_metric_families(r.text) for s in family.samples
-    }
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    return samples[(name, frozenset(labels.items()))]
 
 
 def names(samples: Samples) -> set[str]:
@@ -68,6 +55,9 @@ def test_each_metric_is_exposed(stack: Stack, settings: Settings) -> None:
     assert value(wk, "sluice_config_loads_total") == 1
     assert value(wk, "sluice_model_load_seconds") > 0
     assert value(web, "sluice_queue_workers", queue="ingest") >= 1
+    # The interactive queue (Open WebUI's jobs) is reported beside it, under its own label.
+    assert value(web, "sluice_queue_workers", queue="ingest-interactive") >= 1
+    assert value(wk, "sluice_queue_depth", queue="ingest-interactive") >= 0
     # Retries are scheduled in Postgres: the workers run no RQ scheduler.
     assert value(web, "sluice_queue_scheduler_running", queue="ingest") == 0
 

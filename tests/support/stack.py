@@ -121,6 +121,16 @@ def wait_webui_ready(webui: Proc, url: str, timeout: float = 120) -> None:
 
 
 @dataclass
+class SideWebuis:
+    """Two more webuis on the test's Postgres and Redis: `tight` on the stack worker's
+    queues with OPENAI_EMBED_IN_FLIGHT=2 and OPENAI_EMBED_TIMEOUT=`tight_timeout_s`;
+    `lonely` on a QUEUE_NAME no worker listens to."""
+    tight: str
+    lonely: str
+    tight_timeout_s: int
+
+
+@dataclass
 class Stack:
     url: str
     webui: Proc

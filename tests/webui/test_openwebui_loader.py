@@ -1,10 +1,12 @@
 """PUT /process as Open WebUI's external document loader sends it (raw bytes, Content-Type,
 url-quoted X-Filename, bearer key): parsed by the worker fleet's isolated parser, same
-limits as uploads, rejections as 4xx sentences, nothing left on the volume."""
+limits as uploads, rejections as 4xx sentences, nothing left on the volume; 503 at once
+when no worker runs."""
 
 from __future__ import annotations
 
 import io
+import time
 import uuid
 import zipfile
 from pathlib import Path
@@ -15,7 +17,7 @@ import pytest
 
 from shared.settings import Settings
 from tests.support.samples import make_docx_bytes, make_pdf
-from tests.support.stack import Stack
+from tests.support.stack import ApiUser, SideWebuis, Stack
 
 
 def _put(client: httpx.Client, name: str | None, data: bytes, content_type: str
@@ -79,3 +81,18 @@ def test_needs_a_sluice_key(stack: Stack) -> None:
     r = httpx.put(f"{stack.url}/process", content=b"hello", timeout=30,
                   headers={"X-Filename": "a.txt", "Content-Type": "text/plain"})
     assert r.status_code == 401
+
+
+def test_no_worker_is_503_at_once(side: SideWebuis, user: ApiUser, settings: Settings) -> None:
+    """The lonely webui's queues have no worker: answered before the body is stored,
+    not after PARSE_TIMEOUT and more."""
+    before = _stored_files(settings)
+    started = time.monotonic()
+    with httpx.Client(base_url=side.lonely, headers={"Authorization": f"Bearer {user.key}"},
+                      timeout=30) as c:
+        r = _put(c, "notes.md", b"# Notes\n\nnobody will parse this\n", "text/markdown")
+    assert r.status_code == 503, r.text
+    assert r.json()["code"] == "no_worker" and "no worker is running" in r.json()["detail"]
+    assert r.headers["retry-after"]
+    assert time.monotonic() - started < 5, "waited for a worker that does not exist"
+    assert _stored_files(settings) == before

@@ -176,3 +176,28 @@ def test_redis_flushed_while_queued_is_reconciled(
     assert queued and queued > 0  # there really were queued files when Redis lost them
     for fid in ids:
         assert wait_for_status(client, fid, timeout=120)["status"] == "done"
+
+
+def test_unit_taken_by_a_worker_that_died_before_starting_it_is_reconciled(
+    client: httpx.Client, user: ApiUser, settings: Settings, redis_client: Redis,
+    db_engine: Engine,
+) -> None:
+    """A worker on two queues takes with BLPOP: killed between taking a unit's job and
+    starting it, it leaves the job `queued` in no list. The reconciler reads that as a
+    lost delivery (not as still waiting) and the unit is dispatched again."""
+    key = new_storage_key()
+    path = stored_path(settings.upload_dir, key)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(f"{uuid.uuid4()} a delivery lost between pop and start".encode())
+    fid, unit_id = insert_file(db_engine, user.id, key, unit_state="dispatched", attempt=1)
+    queue = make_queue(redis_client, settings)
+    # What RQ wrote at enqueue, with the list entry already popped.
+    job = queue.create_job(UNIT_FUNC, args=(unit_id, 1), job_id=unit_job_id(unit_id, 1),
+                           status=JobStatus.QUEUED)
+    job.save()
+    assert redis_client.lpos(queue.key, job.id) is None
+    assert wait_for_status(client, fid, timeout=60)["status"] == "done"
+    with db_engine.connect() as conn:
+        attempt = conn.execute(text("SELECT attempt FROM work_units WHERE id = :u"),
+                               {"u": unit_id}).scalar_one()
+    assert attempt == 2  # dispatched again: the lost delivery was not waited on forever

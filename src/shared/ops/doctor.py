@@ -57,6 +57,7 @@ class Inputs:
     redis: RedisFacts | None = None
     redis_error: str = "not checked"
     queue: QueueSnapshot | None = None
+    interactive: QueueSnapshot | None = None  # Open WebUI's jobs (shared/queue.py)
     worker_facts: list[dict[str, str]] = field(default_factory=list)
     max_connections: int | None = None  # given on the command line or declared by the overlay
     maxclients: int | None = None
@@ -214,6 +215,7 @@ def check_workers(inputs: Inputs) -> list[Check]:
     else:
         checks.append(Check("queue.workers", "OK", f"{q.workers} live on '{q.queue}', {q.depth} waiting, "
                             f"oldest {q.oldest_age_s:.0f} s"))
+    checks += _interactive_checks(q, inputs.interactive)
     # Sluice schedules its retries in Postgres; a job scheduled in RQ came from elsewhere
     # and needs RQ's scheduler, which Sluice's workers do not run.
     if q.registries["scheduled"] and not q.scheduler_running:
@@ -252,3 +254,17 @@ def render(checks: list[Check]) -> str:
 
 def exit_code(checks: list[Check]) -> int:
     return 1 if any(c.verdict == "CRITICAL" for c in checks) else 0
+
+
+def _interactive_checks(ingest: QueueSnapshot, q: QueueSnapshot | None) -> list[Check]:
+    """Workers listen on both queues; one that works the ingest queue only (an older
+    release) would leave Open WebUI's requests unanswered."""
+    if q is None:
+        return []
+    if q.workers < ingest.workers:
+        return [Check("queue.interactive", "CRITICAL" if not q.workers else "WARN",
+                      f"{q.workers} of {ingest.workers} live workers listen on '{q.queue}': "
+                      "Open WebUI's /v1/embeddings and /process wait on the others in vain "
+                      "(workers of an older release?)")]
+    return [Check("queue.interactive", "OK", f"{q.workers} live on '{q.queue}', {q.depth} "
+                  f"waiting, oldest {q.oldest_age_s:.0f} s")]

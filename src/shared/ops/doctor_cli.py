@@ -62,6 +62,7 @@ def _live(inputs: Inputs, env: Mapping[str, str]) -> None:
     from redis import Redis
     from rq import Queue
 
+    from shared.queue import interactive_queue_name
     from worker.main import FACTS_KEY
 
     redis = Redis.from_url(rurl, socket_connect_timeout=5, socket_timeout=5)
@@ -70,14 +71,17 @@ def _live(inputs: Inputs, env: Mapping[str, str]) -> None:
         stale = heartbeat_stale_after(cfg.get_int("worker_maintenance_interval"),
                                       cfg.get_int("job_monitoring_interval"),
                                       cfg.get_int("worker_heartbeat_grace"))
-        inputs.queue = read_queue(redis, Queue(cfg.get_str("queue_name"), connection=redis), stale)
+        name = cfg.get_str("queue_name")
+        inputs.queue = read_queue(redis, Queue(name, connection=redis), stale)
+        inputs.interactive = read_queue(
+            redis, Queue(interactive_queue_name(name), connection=redis), stale)
         for key in redis.scan_iter(match=FACTS_KEY.format(name="*"), count=100):
             facts = {_text(k): _text(v) for k, v in redis.hgetall(key).items()}
             facts["name"] = _text(key).rsplit(":", 1)[-1]
             inputs.worker_facts.append(facts)
     except Exception as err:
         inputs.redis_error = f"Redis not reachable: {type(err).__name__}: {err}"
-        inputs.redis = inputs.queue = None
+        inputs.redis = inputs.queue = inputs.interactive = None
     finally:
         redis.close()
 

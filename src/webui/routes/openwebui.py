@@ -17,11 +17,14 @@ _BUSY: dict[int | str, dict[str, Any]] = {429: {"description": "over capacity; s
 
 
 @router.post("/v1/embeddings", response_model=EmbeddingsResponse,
-             operation_id="openai_embeddings", responses=_BUSY)
+             operation_id="openai_embeddings",
+             responses={**_BUSY, 413: {"description": "the inputs are too large together"},
+                        503: {"description": "no worker is running; see Retry-After"},
+                        504: {"description": "no worker answered in time"}})
 async def embeddings(body: EmbeddingsRequest, user: CurrentUser, state: StateDep
                      ) -> EmbeddingsResponse:
-    """OpenAI-compatible embeddings with Sluice's model, vectors in input order
-    (Open WebUI: `RAG_EMBEDDING_ENGINE=openai`)."""
+    """OpenAI-compatible embeddings with Sluice's model, computed by the worker fleet,
+    vectors in input order (Open WebUI: `RAG_EMBEDDING_ENGINE=openai`)."""
     return await state.openwebui.embeddings.embed(body)
 
 
