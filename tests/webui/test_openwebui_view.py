@@ -1,4 +1,4 @@
-"""The external knowledge source: view `openwebui_chunks` (migration 0005) read by the
+"""The external knowledge source: view `openwebui_chunks` (migrations 0005, 0007) read by the
 role `sluice openwebui setup` makes, with Open WebUI's own SELECT (retrieval/external.py,
 _retrieve_pgvector, open-webui 0.12.4): only exported collections, right rows by
 distance, and the role reads nothing else."""
@@ -18,7 +18,7 @@ from pgvector import Vector
 from pgvector.psycopg import register_vector
 from psycopg import sql
 from psycopg.rows import dict_row
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 
 from shared.db import sync_session_factory
 from shared.ops.openwebui import SOURCE_CONFIG, reader_dsn, setup_role
@@ -104,6 +104,36 @@ def test_only_exported_collections_by_distance(client: httpx.Client, reader: str
 
     assert client.patch(f"/api/v1/collections/{shown}", json={"exported": False}).status_code == 200
     assert _open_webui_select(reader, shown, q, 5) == []  # withdrawn on the next query
+
+
+def test_the_view_follows_the_active_space(client: httpx.Client, reader: str,
+                                          db_engine: Engine) -> None:
+    """Chunks outside the active embedding space (migration 0007) stay out of the view;
+    after a switch to int8 the int8 chunks are the ones shown."""
+    n = uuid.uuid4().hex
+    cid, files = _collection(client, {"gears.txt": f"Helical gears run quieter than spur gears. {n}"})
+    assert client.patch(f"/api/v1/collections/{cid}", json={"exported": True}).status_code == 200
+    q = _vector(client, "which gears are quiet?")
+    assert [r["metadata"]["source"] for r in _open_webui_select(reader, cid, q, 5)] == ["gears.txt"]
+
+    set_backend = text("UPDATE chunks SET embedding_backend = :b WHERE file_id = :f")
+    set_space = text("INSERT INTO app_config (key, value) VALUES ('embedding.active_space', "
+                     "to_jsonb(CAST(:s AS text))) ON CONFLICT (key) DO UPDATE SET value = excluded.value")
+    with db_engine.begin() as conn:
+        before = conn.scalar(text("SELECT value FROM app_config WHERE key = 'embedding.active_space'"))
+        conn.execute(set_backend, {"b": "onnx-int8", "f": files["gears.txt"]})
+    try:
+        assert _open_webui_select(reader, cid, q, 5) == []  # int8 rows, fp32 active
+        with db_engine.begin() as conn:
+            conn.execute(set_space, {"s": "int8"})
+        assert [r["metadata"]["source"] for r in _open_webui_select(reader, cid, q, 5)] == ["gears.txt"]
+    finally:
+        with db_engine.begin() as conn:
+            conn.execute(set_backend, {"b": "onnx", "f": files["gears.txt"]})
+            if before is None:
+                conn.execute(text("DELETE FROM app_config WHERE key = 'embedding.active_space'"))
+            else:
+                conn.execute(set_space, {"s": before})
 
 
 @pytest.mark.parametrize("statement", [
