@@ -277,21 +277,35 @@ async def test_search_refuses_chunks_from_another_space(
 
 
 async def test_search_accepts_another_backend_of_the_same_space(
-    ingested: tuple[ApiUser, str, str], settings: Settings, stack: Stack
+    settings: Settings, stack: Stack, db_engine: Engine
 ) -> None:
-    user, file_id, phrase = ingested
-    stored = settings.embedding_backend
-    same = [b for b in compatible_backends(stored) if b != stored]
-    assert same, f"the suite runs with {stored}; pick a backend that shares its space"
-    r = await _search(settings, user, phrase, same[0])
-    assert r.status_code == 200, r.text
-    async with httpx.AsyncClient(base_url=stack.url, timeout=30) as c:
-        via_stack = await c.post("/api/v1/search", json={"query": phrase},
-                                 headers={"Authorization": f"Bearer {user.key}"})
-    assert via_stack.status_code == 200
-    assert r.json()["hits"][0]["file_id"] == via_stack.json()["hits"][0]["file_id"] == file_id
-    assert r.json()["hits"][0]["score"] == pytest.approx(via_stack.json()["hits"][0]["score"],
-                                                         abs=1e-4)
+    """torch and onnx share the fp32 space: a file embedded by onnx is searched alike by a
+    torch and an onnx query encoder (same hits, same scores)."""
+    from tests.support.stack import make_user
+
+    user = make_user(db_engine, "fp32-space")
+    phrase = "the harbour master logs every ferry that docks after midnight"
+    body = unique_text("fp32") + f"{phrase}.\nNothing else of note happens here.\n"
+    with httpx.Client(base_url=stack.url, headers={"Authorization": f"Bearer {user.key}"},
+                      timeout=30) as c:
+        file_id = upload(c, "fp32.txt", body.encode(), "text/plain").json()["id"]
+        assert wait_for_status(c, file_id)["status"] == "done"
+    onnx = load_embedder(settings.model_copy(update={"embedding_backend": "onnx"}), 1)
+    with db_engine.begin() as conn:  # as if a worker on onnx had embedded it
+        rows = conn.execute(text("SELECT id, text FROM chunks WHERE file_id = :f ORDER BY idx"),
+                            {"f": file_id}).all()
+        vectors = onnx.encode([t for _, t in rows], batch_size=8)
+        for (chunk_id, _), v in zip(rows, vectors, strict=True):
+            conn.execute(text("UPDATE chunks SET embedding = :v, embedding_backend = 'onnx' "
+                              "WHERE id = :i"), {"v": str(v.tolist()), "i": chunk_id})
+        conn.execute(text("UPDATE files SET embedding_backend = 'onnx' WHERE id = :f"),
+                     {"f": file_id})
+    by_torch = await _search(settings, user, phrase, "torch")
+    by_onnx = await _search(settings, user, phrase, "onnx")
+    assert by_torch.status_code == by_onnx.status_code == 200, (by_torch.text, by_onnx.text)
+    assert by_torch.json()["hits"][0]["file_id"] == by_onnx.json()["hits"][0]["file_id"] == file_id
+    assert by_torch.json()["hits"][0]["score"] == pytest.approx(by_onnx.json()["hits"][0]["score"],
+                                                                abs=1e-4)
 
 
 def test_one_file_from_another_space_is_enough_to_refuse(

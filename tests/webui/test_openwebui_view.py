@@ -21,6 +21,7 @@ from psycopg.rows import dict_row
 from sqlalchemy import Engine, text
 
 from shared.db import sync_session_factory
+from shared.embedding import space_of
 from shared.ops.openwebui import SOURCE_CONFIG, reader_dsn, setup_role
 from shared.settings import Settings
 from tests.support.helpers import upload, wait_for_status
@@ -109,31 +110,36 @@ def test_only_exported_collections_by_distance(client: httpx.Client, reader: str
 def test_the_view_follows_the_active_space(client: httpx.Client, reader: str,
                                           db_engine: Engine) -> None:
     """Chunks outside the active embedding space (migration 0007) stay out of the view;
-    after a switch to int8 the int8 chunks are the ones shown."""
+    once that space is the active one, they are the ones shown."""
     n = uuid.uuid4().hex
     cid, files = _collection(client, {"gears.txt": f"Helical gears run quieter than spur gears. {n}"})
     assert client.patch(f"/api/v1/collections/{cid}", json={"exported": True}).status_code == 200
     q = _vector(client, "which gears are quiet?")
     assert [r["metadata"]["source"] for r in _open_webui_select(reader, cid, q, 5)] == ["gears.txt"]
 
+    file_id = files["gears.txt"]
     set_backend = text("UPDATE chunks SET embedding_backend = :b WHERE file_id = :f")
     set_space = text("INSERT INTO app_config (key, value) VALUES ('embedding.active_space', "
                      "to_jsonb(CAST(:s AS text))) ON CONFLICT (key) DO UPDATE SET value = excluded.value")
     with db_engine.begin() as conn:
-        before = conn.scalar(text("SELECT value FROM app_config WHERE key = 'embedding.active_space'"))
-        conn.execute(set_backend, {"b": "onnx-int8", "f": files["gears.txt"]})
+        active = conn.scalar(text("SELECT value FROM app_config WHERE key = 'embedding.active_space'"))
+        backend = conn.scalar(text("SELECT min(embedding_backend) FROM chunks WHERE file_id = :f"),
+                              {"f": file_id})
+        assert space_of(backend) == (active or "fp32")
+        other = "onnx" if space_of(backend) == "int8" else "onnx-int8"
+        conn.execute(set_backend, {"b": other, "f": file_id})
     try:
-        assert _open_webui_select(reader, cid, q, 5) == []  # int8 rows, fp32 active
+        assert _open_webui_select(reader, cid, q, 5) == []  # outside the active space
         with db_engine.begin() as conn:
-            conn.execute(set_space, {"s": "int8"})
+            conn.execute(set_space, {"s": space_of(other)})
         assert [r["metadata"]["source"] for r in _open_webui_select(reader, cid, q, 5)] == ["gears.txt"]
     finally:
         with db_engine.begin() as conn:
-            conn.execute(set_backend, {"b": "onnx", "f": files["gears.txt"]})
-            if before is None:
+            conn.execute(set_backend, {"b": backend, "f": file_id})
+            if active is None:
                 conn.execute(text("DELETE FROM app_config WHERE key = 'embedding.active_space'"))
             else:
-                conn.execute(set_space, {"s": before})
+                conn.execute(set_space, {"s": active})
 
 
 @pytest.mark.parametrize("statement", [

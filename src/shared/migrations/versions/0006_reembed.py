@@ -9,7 +9,9 @@ empties it. So it has no vector index of its own (one would only slow the
 writes); its primary key is what makes a redone unit overwrite, not duplicate.
 
 `app_config['embedding.active_space']` is the space `chunks.embedding` holds:
-the space most existing chunks are in (fp32 when there are none yet).
+the space most existing chunks are in. With no chunks yet it stays unset, and the
+first worker records its own backend's space (shared/reembed.py `advance`), so a
+fresh install on onnx-int8 never starts a re-embed of nothing.
 
 Revision ID: 0006
 Revises: 0005
@@ -45,10 +47,10 @@ def upgrade() -> None:
     op.execute("""
         INSERT INTO app_config (key, value)
         SELECT 'embedding.active_space',
-               to_jsonb(coalesce((SELECT CASE WHEN embedding_backend = 'onnx-int8' THEN 'int8'
-                                              ELSE 'fp32' END
-                                  FROM chunks GROUP BY 1 ORDER BY count(*) DESC LIMIT 1),
-                                 'fp32'))
+               to_jsonb((SELECT CASE WHEN embedding_backend = 'onnx-int8' THEN 'int8'
+                                     ELSE 'fp32' END
+                         FROM chunks GROUP BY 1 ORDER BY count(*) DESC LIMIT 1))
+        WHERE EXISTS (SELECT 1 FROM chunks)
         ON CONFLICT (key) DO NOTHING
     """)
 
