@@ -14,7 +14,7 @@ Starts embedded Postgres + Redis in a temp folder, then for each `--setup`:
 4. writes loadtests/reports/burst-<time>/: report.md, results.json, plots.
 
 Documents are mixed pdf / docx / md / txt / html from the upload corpus (10 KB–5 MB,
-burst_docs.py); `--quick` takes fewer users and only files under `--max-kb` (60 KB).
+burst_docs.py); `--quick` takes 8 users and only files under `--max-kb` (30 KB).
 Only 127.0.0.1 is used; only processes started here are stopped, by PID; the temp
 folder and its servers are removed on exit, Ctrl-C and errors included.
 """
@@ -59,14 +59,14 @@ FROM files WHERE owner_id = ANY(%s::uuid[])
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--users", type=int, help="users, one document each (default 100; 10 quick)")
+    p.add_argument("--users", type=int, help="users, one document each (default 100; 8 quick)")
     p.add_argument("--webui", type=int, default=1, help="webui processes (Sluice setup)")
     p.add_argument("--workers", type=int, default=1, help="workers (Sluice setup)")
     p.add_argument("--setup", action="append", choices=["seed", "sluice"],
                    help="seed (NullPool, 1 worker, model per job) and/or sluice; repeat for "
                    "both, seed first (default: sluice)")
     p.add_argument("--quick", action="store_true", help="fewer users, documents under --max-kb")
-    p.add_argument("--max-kb", type=float, default=60, help="largest document with --quick")
+    p.add_argument("--max-kb", type=float, default=30, help="largest document with --quick")
     p.add_argument("--poll", type=float, default=2.0, help="seconds between a user's polls")
     p.add_argument("--timeout", type=float, default=3600, help="longest wait for the burst (s)")
     p.add_argument("--pg-max-connections", type=int, default=100)
@@ -77,7 +77,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--keep-data", action="store_true", help="keep the temp data folder")
     args = p.parse_args(argv)
     if args.users is None:
-        args.users = 10 if args.quick else 100
+        args.users = 8 if args.quick else 100
     args.setup = sorted(set(args.setup or ["sluice"]), key=["seed", "sluice"].index)
     return args
 
