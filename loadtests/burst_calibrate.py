@@ -7,9 +7,13 @@ few documents are enough. The calibration documents are processed one at a time,
 alone on the fleet; with `--share-cpus M` every worker already runs on its 1/M share of
 the cores, so a worker alone runs at about the speed it has in the burst.
 
+One more document goes first, untimed: a fresh worker's first job pays one-off costs
+(encoder arenas, the parser's forkserver) that the burst's many jobs do not.
+
 From each calibration document: parse time (file started → parse unit done), embed time
 (parse unit done → file done) and chunks. Fitted: parse = a + b·text, embed seconds per
-chunk, chunks per 1,000 characters of text. Each burst file's work is then predicted from
+chunk, chunks per 1,000 characters of text (per kind where the calibration had that kind).
+Each burst file's work is then predicted from
 its own text length, its chunks cut into `SEGMENT_CHUNKS`-sized segments.
 """
 
@@ -43,6 +47,9 @@ class Calibration:
     parse_s_per_kchar: float = 0.0
     embed_s_per_chunk: float = 0.0
     chunks_per_kchar: float = 0.0
+    # Each kind chunks its text differently (Markdown by heading, HTML by block); a burst
+    # file of a kind the calibration did not see uses the pooled figure above.
+    chunks_per_kchar_by_kind: dict[str, float] = field(default_factory=dict)
 
     def fit(self) -> None:
         xs = [d["text_chars"] / 1000 for d in self.docs]
@@ -55,9 +62,14 @@ class Calibration:
         chunks = sum(d["chunks"] for d in self.docs)
         self.embed_s_per_chunk = sum(d["embed_s"] for d in self.docs) / max(chunks, 1)
         self.chunks_per_kchar = chunks / max(sum(xs), 1e-9)
+        for kind in {d["kind"] for d in self.docs}:
+            same = [d for d in self.docs if d["kind"] == kind]
+            self.chunks_per_kchar_by_kind[kind] = (
+                sum(d["chunks"] for d in same) / max(sum(d["text_chars"] for d in same) / 1000, 1e-9))
 
     def chunks_of(self, doc: Doc) -> int:
-        return max(round(doc.text_chars / 1000 * self.chunks_per_kchar), 1)
+        density = self.chunks_per_kchar_by_kind.get(doc.kind, self.chunks_per_kchar)
+        return max(round(doc.text_chars / 1000 * density), 1)
 
     def work(self, doc: Doc) -> FileWork:
         chunks = self.chunks_of(doc)
@@ -86,13 +98,16 @@ async def _process_one(client: httpx.AsyncClient, doc: Doc, timeout_s: float) ->
 
 
 def calibrate(url: str, key: str, db_url: str, docs: list[Doc], segment_chunks: int,
-              timeout_s: float = 600) -> Calibration:
-    """Process `docs` one at a time as one user; unit times from Postgres."""
+              warm_up: Doc | None = None, timeout_s: float = 600) -> Calibration:
+    """Process `docs` one at a time as one user (after `warm_up`, untimed); unit times from
+    Postgres."""
     cal = Calibration(segment_chunks)
 
     async def run() -> list[str]:
         async with httpx.AsyncClient(base_url=url, timeout=120,
                                      headers={"Authorization": f"Bearer {key}"}) as client:
+            if warm_up is not None:  # untimed: a fresh worker's first job pays one-off costs
+                await _process_one(client, warm_up, timeout_s)
             return [await _process_one(client, d, timeout_s) for d in docs]
 
     ids = asyncio.run(run())

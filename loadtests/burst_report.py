@@ -49,7 +49,9 @@ def _calibration(run: dict[str, Any]) -> list[str]:
                      f"{_s(d['embed_s'])} |")
     lines += ["", f"Fitted: parse = {cal['parse_fixed_s']:.2f} s + {cal['parse_s_per_kchar']:.4f} s "
               f"per 1,000 characters; embed + store {cal['embed_s_per_chunk'] * 1000:.0f} ms per "
-              f"chunk; {cal['chunks_per_kchar']:.2f} chunks per 1,000 characters "
+              f"chunk; {cal['chunks_per_kchar']:.2f} chunks per 1,000 characters (by kind: "
+              + ", ".join(f"{k} {v:.2f}" for k, v in sorted(cal["chunks_per_kchar_by_kind"].items()))
+              + ") "
               f"(predicted {run['prediction']['predicted_chunks']:,} chunks for the burst, "
               f"measured {run['overall']['chunks']:,}); segments of {cal['segment_chunks']} "
               "chunks."]

@@ -94,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
         log.warning("ignoring %s from the environment: the setups define the settings", k)
         del os.environ[k]
     max_kb = args.max_kb if args.quick else None
-    cal_docs = pick(CALIBRATION_DOCS, max_kb, corpus_dir=args.corpus_dir,
+    # The first one warms a worker up, untimed (burst_calibrate.py).
+    cal_docs = pick(CALIBRATION_DOCS + 1, max_kb, corpus_dir=args.corpus_dir,
                     corpus_files=args.corpus_files, prefix="calibration")
     docs = pick(args.users, max_kb, skip=1, corpus_dir=args.corpus_dir)
     root = Path(tempfile.mkdtemp(prefix="sluice-burst-"))
@@ -149,8 +150,9 @@ def run_setup(servers: Servers, root: Path, out: Path, label: str, args: argpars
     try:
         log.info("[%s] starting %d webui + %d worker(s)", label, webuis, workers)
         app.start(rd)
-        log.info("[%s] calibrating on %d documents, one at a time", label, len(cal_docs))
-        cal = calibrate(app.url, cal_key, servers.pg.url, cal_docs, settings.segment_chunks)
+        log.info("[%s] calibrating on %d documents, one at a time", label, len(cal_docs) - 1)
+        cal = calibrate(app.url, cal_key, servers.pg.url, cal_docs[1:], settings.segment_chunks,
+                        warm_up=cal_docs[0])
         prediction = predict(cal, docs, workers, settings.user_units_in_flight)
         run["calibration"], run["prediction"] = cal.as_dict(), vars(prediction)
         pids = lambda: {**app.pids, "postgres": servers.pg.pid or 0,  # noqa: E731
