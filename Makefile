@@ -4,10 +4,11 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 WORKERS ?= 1
+WEBUI ?= 1
 PORT ?= 8000
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install lock system-deps run test check bench bench-encoder eval compare owui-proof loadtest clean
+.PHONY: install lock system-deps run test check bench bench-encoder eval compare owui-proof loadtest burst clean
 
 # torch: installed first, alone (--no-deps) and pinned; it is not in the hashed lock
 # files. PyPI's torch 2.13.0 for Linux x86_64 is the CUDA build (other hashes, ~15
@@ -54,7 +55,7 @@ system-deps:
 	bash scripts/install-system-deps.sh
 
 run: install
-	$(VENV)/bin/sluice up --workers $(WORKERS) --port $(PORT)
+	$(VENV)/bin/sluice up --workers $(WORKERS) --webui $(WEBUI) --port $(PORT)
 
 test: install system-deps
 	$(PY) -m pytest
@@ -84,6 +85,11 @@ owui-proof: install
 
 loadtest: install
 	$(PY) loadtests/local_proof.py --workers $(WORKERS)
+
+# The seed's burst: 100 users, one document each, at once; prediction beside measurement.
+# Full length (tens of minutes); not in `make test`. BURST_ARGS="--webui 2 --setup seed --setup sluice"
+burst: install
+	$(PY) loadtests/seed_burst.py --workers $(WORKERS) $(BURST_ARGS)
 
 clean:
 	rm -rf $(VENV) .sluice .pytest_cache

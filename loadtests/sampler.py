@@ -72,10 +72,11 @@ def _tree_cpu(pid: int) -> float:
 
 class Sampler(threading.Thread):
     def __init__(self, pg_url: str, redis_url: str, owner_ids: list[str], queue: str,
-                 pids: Callable[[], dict[str, int]], out: Path, metrics_url: str | None = None,
-                 interval: float = 1.0):
+                 pids: Callable[[], dict[str, int]], out: Path,
+                 metrics_url: str | list[str] | None = None, interval: float = 1.0):
         super().__init__(name="sampler", daemon=True)
-        self.metrics_url = metrics_url
+        # One webui's /metrics, or several (summed: the pools of all replicas).
+        self.metrics_urls = [metrics_url] if isinstance(metrics_url, str) else metrics_url or []
         self.pg_url, self.redis_url, self.owner_ids = pg_url, redis_url, owner_ids
         self.queue, self.pids, self.out, self.interval = queue, pids, out, interval
         self.samples: list[dict[str, Any]] = []
@@ -154,17 +155,18 @@ class Sampler(threading.Thread):
         }
 
     def _webui_metrics(self) -> dict[str, float] | None:
-        if not self.metrics_url:
-            return None
-        try:
-            text = httpx.get(self.metrics_url, timeout=2).text
-        except httpx.HTTPError:
+        if not self.metrics_urls:
             return None
         out: dict[str, float] = {}
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                if (key := _METRICS.get(sample.name)) is not None:
-                    out[key] = out.get(key, 0.0) + sample.value
+        for url in self.metrics_urls:
+            try:
+                text = httpx.get(url, timeout=2).text
+            except httpx.HTTPError:
+                return None
+            for family in text_string_to_metric_families(text):
+                for sample in family.samples:
+                    if (key := _METRICS.get(sample.name)) is not None:
+                        out[key] = out.get(key, 0.0) + sample.value
         return out
 
     def _cpu(self) -> dict[str, float]:

@@ -159,24 +159,37 @@ def app_env(servers: Servers, upload_dir: Path, overrides: dict[str, str]) -> di
 
 
 class App:
-    """One webui and N workers, as `sluice up` runs them."""
+    """One webui (or several behind the front) and N workers, as `sluice up` runs them."""
 
-    def __init__(self, env: dict[str, str], workers: int, log_dir: Path, port: int):
+    def __init__(self, env: dict[str, str], workers: int, log_dir: Path, port: int,
+                 webuis: int = 1):
         self.env, self.workers, self.log_dir, self.port = env, workers, log_dir, port
+        self.webuis = webuis
         self.nullpool_shim = env.get("DATABASE_POOL_SIZE") == "0"
         self.url = f"http://127.0.0.1:{port}"
-        # The webui serves /metrics on its own port, not the API's.
-        self.metrics_port = free_port()
-        self.metrics_url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        # One webui serves the API port itself; several sit on internal ports behind
+        # `sluice front` on it (per-connection round robin, as `sluice up --webui N`).
+        self.webui_ports = [port] if webuis <= 1 else [free_port() for _ in range(webuis)]
+        # Each webui serves /metrics on its own port, not the API's.
+        self.metrics_ports = [free_port() for _ in range(webuis)]
+        self.metrics_urls = [f"http://127.0.0.1:{p}/metrics" for p in self.metrics_ports]
+        self.metrics_url = self.metrics_urls[0]
         self.children: list[Child] = []
 
     def start(self, rd: redis.Redis, timeout: float = 300) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        self.children.append(Child("webui", sluice_cmd(
-            "webui", "--host", "127.0.0.1", "--port", str(self.port)),
-            {**self.env, "WEBUI_METRICS_HOST": "127.0.0.1",
-             "WEBUI_METRICS_PORT": str(self.metrics_port)},
-            self.log_dir / "webui.log"))
+        for i, (port, metrics) in enumerate(zip(self.webui_ports, self.metrics_ports, strict=True)):
+            name = "webui" if self.webuis <= 1 else f"webui-{i}"
+            self.children.append(Child(name, sluice_cmd(
+                "webui", "--host", "127.0.0.1", "--port", str(port)),
+                {**self.env, "WEBUI_METRICS_HOST": "127.0.0.1",
+                 "WEBUI_METRICS_PORT": str(metrics)},
+                self.log_dir / f"{name}.log"))
+        if self.webuis > 1:
+            backends = [a for p in self.webui_ports for a in ("--backend", f"127.0.0.1:{p}")]
+            self.children.append(Child("front", sluice_cmd(
+                "front", "--port", str(self.port), *backends), self.env,
+                self.log_dir / "front.log"))
         for i in range(self.workers):
             self.children.append(Child(f"worker-{i}", sluice_cmd(
                 "worker", "--share-cpus", str(self.workers), nullpool_shim=self.nullpool_shim),
@@ -193,8 +206,9 @@ class App:
         raise RuntimeError(f"the stack was not ready within {timeout:.0f} s")
 
     def _webui_ready(self) -> bool:
+        urls = [f"http://127.0.0.1:{p}" for p in self.webui_ports] + [self.url]
         try:
-            return httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200
+            return all(httpx.get(f"{u}/readyz", timeout=2).status_code == 200 for u in urls)
         except httpx.HTTPError:
             return False
 
@@ -207,10 +221,10 @@ class App:
         return {c.name: c.pid for c in self.children}
 
     def stop(self) -> None:
-        """Workers first (RQ's warm shutdown finishes the current job), then the webui."""
+        """Workers first (RQ's warm shutdown finishes the current job), then the webuis."""
         for child in self.children:
             if child.name.startswith("worker"):
                 child.terminate()
-        for child in sorted(self.children, key=lambda c: c.name == "webui"):
+        for child in sorted(self.children, key=lambda c: not c.name.startswith("worker")):
             child.stop(grace=60)
         self.children.clear()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -16,18 +17,21 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.helpers import free_port, pid_alive, upload, wait_for_status, wait_until
 
 
-def _start(data: Path, port: int, log_path: Path, workers: int = 1) -> subprocess.Popen[bytes]:
+def _start(data: Path, port: int, log_path: Path, workers: int = 1, webui: int = 1,
+           env_extra: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items()
            if k not in ("DATABASE_URL", "REDIS_URL", "UPLOAD_DIR")}
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "shared.cli", "up", "--data-dir", str(data),
-             "--port", str(port), "--workers", str(workers)],
-            env={**env, "EMBED_THREADS": "1"}, stdout=log, stderr=subprocess.STDOUT,
+             "--port", str(port), "--workers", str(workers), "--webui", str(webui)],
+            env={**env, "EMBED_THREADS": "1", **(env_extra or {})}, stdout=log,
+            stderr=subprocess.STDOUT,
         )
 
     def ready() -> bool:
@@ -140,3 +144,43 @@ def test_crashed_worker_is_restarted_and_nothing_outlives_a_killed_up(
     finally:
         if proc.poll() is None:
             _stop(proc)
+
+
+def _requests_served(metrics_url: str) -> float:
+    """GET /api/v1/files requests this webui answered, from its own /metrics."""
+    text = httpx.get(metrics_url, timeout=5).text
+    return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
+               if s.name == "http_requests_total" and s.labels.get("handler") == "/api/v1/files")
+
+
+def _two_free_ports() -> int:
+    """A port p with p + 1 also free: `sluice up` gives webui i the metrics port base + i."""
+    for _ in range(50):
+        base = free_port()
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", base + 1))
+                return base
+            except OSError:
+                continue
+    raise AssertionError("no two consecutive free ports")
+
+
+def test_two_webuis_behind_the_front_both_serve(tmp_path: Path, data_dir: Path) -> None:
+    data, log = data_dir / "data", tmp_path / "up.log"
+    port, metrics = free_port(), _two_free_ports()
+    proc = _start(data, port, log, workers=1, webui=2,
+                  env_extra={"WEBUI_METRICS_PORT": str(metrics)})
+    try:
+        wait_until(lambda: "Sluice is running" in log.read_text(), 60, "sluice up supervising")
+        assert len(_children(proc, "webui")) == 2
+        assert len(_children(proc, "front")) == 1
+        key = (data / "admin.key").read_text().strip()
+        for _ in range(6):  # a fresh connection each time: the front turns per connection
+            r = httpx.get(f"http://127.0.0.1:{port}/api/v1/files",
+                          headers={"Authorization": f"Bearer {key}"}, timeout=10)
+            assert r.status_code == 200
+        served = [_requests_served(f"http://127.0.0.1:{metrics + i}/metrics") for i in (0, 1)]
+        assert served == [3, 3], f"requests per webui: {served}"
+    finally:
+        assert _stop(proc) == []

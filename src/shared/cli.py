@@ -1,5 +1,5 @@
-"""The `sluice` command: up, migrate, webui, worker, keys, reconcile, reembed, doctor, capacity,
-build-onnx."""
+"""The `sluice` command: up, front, migrate, webui, worker, keys, reconcile, reembed, doctor,
+capacity, build-onnx."""
 
 from __future__ import annotations
 
@@ -152,6 +152,12 @@ def _up(_: Settings | None, args: argparse.Namespace) -> int:
     return run_up(args)
 
 
+def _front(_: Settings | None, args: argparse.Namespace) -> int:
+    from shared.local.front import run
+
+    return run(args.host, args.port, args.backend)
+
+
 def _doctor(_: Settings | None, args: argparse.Namespace) -> int:
     from shared.ops.doctor_cli import main as doctor_main
 
@@ -176,9 +182,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     up = sub.add_parser("up", help="run everything locally on embedded Postgres and Redis")
     up.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    up.add_argument("--webui", type=int, default=1,
+                    help="webui processes (default 1); more than one sit behind a round-robin "
+                    "front on --port")
     up.add_argument("--port", type=int, default=8000)
     up.add_argument("--data-dir", default=".sluice", help="where data lives (default .sluice)")
     up.set_defaults(func=_up, needs_settings=False)
+
+    front = sub.add_parser("front", help="`sluice up --webui N`'s round-robin TCP front")
+    front.add_argument("--host", default="127.0.0.1")
+    front.add_argument("--port", type=int, required=True)
+    front.add_argument("--backend", action="append", required=True, help="host:port, repeated")
+    front.set_defaults(func=_front, needs_settings=False)
 
     sub.add_parser("migrate", help="upgrade the database schema").set_defaults(func=_migrate)
 

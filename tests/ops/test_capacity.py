@@ -9,9 +9,17 @@ import sys
 import pytest
 
 from shared.ops.budget import Group, max_connections_for, postgres_budget
-from shared.ops.capacity import Demand, plan
+from shared.ops.capacity import Demand, plan, predict_burst
 from shared.ops.capacity_cli import duration, histogram_stats, job_time
-from shared.ops.queueing import JobTime, erlang_c, simulate_burst, steady_state, workers_for_burst
+from shared.ops.queueing import (
+    FileWork,
+    JobTime,
+    erlang_c,
+    simulate_burst,
+    simulate_fair_burst,
+    steady_state,
+    workers_for_burst,
+)
 
 
 def erlang_c_direct(c: int, a: float) -> float:
@@ -57,6 +65,27 @@ def test_mmc_littles_law_and_wait_tail() -> None:
     assert steady_state(lam, 4, JobTime.exponential(mean)).p95_total_s == math.inf  # a = c: unstable
 
 
+def test_a_burst_as_sluice_runs_it_parses_everything_before_any_segment() -> None:
+    # Two users, one file each: parse 1 s, one 2 s segment, one worker. Fair turns run
+    # parse A, parse B (B never had a turn), segment A, segment B: done at 4 and 6. Whole-file
+    # FIFO would say 3 and 6, which is what the old model predicts for the first file.
+    two = [FileWork(1, (2,)), FileWork(1, (2,))]
+    b = simulate_fair_burst(two, 1)
+    assert b.done_s == (4, 6)
+    assert (b.first_done_s, b.p50_done_s, b.p95_done_s, b.last_done_s) == (4, 4, 6, 6)
+    assert simulate_burst(2, 1, JobTime.fixed(3)).first_done_s == 3
+    # One big file spreads over the fleet: 1 s parse, then 4 segments of 1 s on 4 workers.
+    big = [FileWork(1, (1, 1, 1, 1))]
+    assert simulate_fair_burst(big, 4).done_s == (2,)
+    assert simulate_fair_burst(big, 4, per_owner_in_flight=2).done_s == (3,)  # two at a time
+    # A small file behind a big one takes turns with it instead of waiting for all of it:
+    # 1 worker; parses (1 s each) then big seg, small seg, big, big.
+    b = simulate_fair_burst([FileWork(1, (1, 1, 1)), FileWork(1, (1,))], 1)
+    assert b.done_s == (6, 4)
+    # A file with no segments (nothing to embed) is done when its parse is.
+    assert simulate_fair_burst([FileWork(2)], 3).done_s == (2,)
+
+
 def test_burst_with_fixed_job_times_runs_in_waves() -> None:
     five = JobTime.fixed(300)
     assert simulate_burst(100, 100, five).p95_done_s == 300
@@ -64,6 +93,7 @@ def test_burst_with_fixed_job_times_runs_in_waves() -> None:
     assert (b.p95_done_s, b.last_done_s, b.p95_wait_s) == (600, 600, 300)
     b = simulate_burst(100, 20, JobTime.fixed(210))  # file #95 is in wave ⌊94/20⌋ + 1 = 5
     assert (b.p95_done_s, b.last_done_s) == (1050, 1050)
+    assert (b.first_done_s, b.p50_done_s) == (210, 630)  # file #50 is in wave ⌊49/20⌋ + 1 = 3
     assert workers_for_burst(100, five, 300) == 95  # a 5-min job leaves no room to wait
     assert workers_for_burst(100, JobTime.fixed(150), 300) == 48  # two waves: ⌈95/2⌉
     assert workers_for_burst(100, JobTime.fixed(301), 300) is None  # no worker count helps
@@ -128,3 +158,10 @@ def test_cli_prints_the_plan() -> None:
          "--target-p95", "5m"], capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr
     assert "Reasoning:" in done.stdout and "Postgres max_connections" in done.stdout
+
+
+def test_predict_burst_puts_sluices_units_beside_one_job_per_file() -> None:
+    files = [FileWork(1, (2,)), FileWork(1, (2,))]
+    p = predict_burst(files, 1)
+    assert p.fair.done_s == (4, 6)
+    assert p.whole_file.done_s == (3, 6)  # each file one 3 s job, in upload order

@@ -2,7 +2,8 @@
 
 With no DATABASE_URL / REDIS_URL it starts PostgreSQL + pgvector and Redis from
 Python packages in the data folder, migrates, makes sure an admin key exists,
-then runs the webui and N workers as child processes and keeps them running:
+then runs the webui (or several behind a round-robin front, see `front`) and N
+workers as child processes and keeps them running:
 a crashed webui or worker is restarted with backoff (see `supervise`). Ctrl-C
 (or SIGTERM) stops everything it started, workers first finishing their
 current job; if `sluice up` itself is killed, its children stop with it (see
@@ -15,6 +16,7 @@ import argparse
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 from contextlib import ExitStack
@@ -68,6 +70,38 @@ def _wait_ready(url: str, sup: Supervisor, timeout: float = 180) -> None:
     raise RuntimeError(f"the webui did not become ready within {timeout:.0f} s")
 
 
+def _start_webuis(sup: Supervisor, env: dict[str, str], n: int, port: int) -> list[str]:
+    """One webui on `port`; or n on internal ports behind the round-robin front on `port`.
+
+    Each serves /metrics on loopback on its own port (9200, 9201, …; 0 = off), like workers.
+    Returns the URLs to wait for: every webui, then the public one.
+    """
+    host = env.get("WEBUI_METRICS_HOST", "127.0.0.1")
+    if n <= 1:
+        sup.start("webui", ["webui", "--host", "127.0.0.1", "--port", str(port)],
+                  {**env, "WEBUI_METRICS_HOST": host})
+        return [f"http://127.0.0.1:{port}"]
+    metrics_port = int(env.get("WEBUI_METRICS_PORT", "9200"))
+    backends = []
+    for i in range(n):
+        internal = free_port()
+        backends.append(f"127.0.0.1:{internal}")
+        sup.start(f"webui-{i + 1}", ["webui", "--host", "127.0.0.1", "--port", str(internal)],
+                  {**env, "WEBUI_METRICS_HOST": host,
+                   "WEBUI_METRICS_PORT": str(metrics_port + i if metrics_port else 0)})
+    sup.start("front", ["front", "--port", str(port),
+                        *(arg for b in backends for arg in ("--backend", b))], env)
+    return [f"http://{b}" for b in backends] + [f"http://127.0.0.1:{port}"]
+
+
+def free_port() -> int:
+    """A port free now; the webui binds it a moment later (nothing else on loopback races us
+    in practice, and a clash shows as a start-up error, not a silent wrong route)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def run_up(args: argparse.Namespace) -> int:
     from shared.local.embedded import EmbeddedPostgres, EmbeddedRedis
     from shared.migrate import run_migrations
@@ -109,8 +143,7 @@ def run_up(args: argparse.Namespace) -> int:
         sup = Supervisor()
         stack.callback(sup.stop, _STOP_GRACE_S)
         url = f"http://127.0.0.1:{args.port}"
-        webui_env = {**env, "WEBUI_METRICS_HOST": env.get("WEBUI_METRICS_HOST", "127.0.0.1")}
-        sup.start("webui", ["webui", "--host", "127.0.0.1", "--port", str(args.port)], webui_env)
+        ready_urls = _start_webuis(sup, env, args.webui, args.port)
         metrics_port = int(env.get("WORKER_METRICS_PORT", "9100"))
         for i in range(args.workers):
             # Each worker serves /metrics on its own port (9100, 9101, …) on loopback; 0 = off.
@@ -118,12 +151,13 @@ def run_up(args: argparse.Namespace) -> int:
                     "WORKER_METRICS_HOST": env.get("WORKER_METRICS_HOST", "127.0.0.1")}
             sup.start(f"worker-{i + 1}", ["worker", "--share-cpus", str(args.workers)],
                       {**env, **port})
-        _wait_ready(url, sup)
+        for ready_url in ready_urls:
+            _wait_ready(ready_url, sup)
         print(
             f"\nSluice is running at {url}  (API docs: {url}/docs)\n"
             f"Admin API key: {key}\n"
             f"  (also in {data / 'admin.key'})\n"
-            f"Workers: {args.workers}.  Press Ctrl-C to stop.\n",
+            f"Webui processes: {args.webui}.  Workers: {args.workers}.  Press Ctrl-C to stop.\n",
             flush=True,
         )
         while not stopping:

@@ -5,6 +5,9 @@ exponential tail, with the Allen–Cunneen correction (1 + Cs²)/2 when job time
 are not exponential (M/G/c). A burst of N uploads at once: c workers take jobs
 greedily in upload order; the finish time of each file is simulated with job
 times drawn from the distribution (exact for fixed job times: ⌈N/c⌉ waves).
+That treats a file as one job; `simulate_fair_burst` runs it as Sluice does
+(a parse unit, then segment units, fair turns across users), for predicting a
+measured burst from measured unit times.
 """
 
 from __future__ import annotations
@@ -187,6 +190,8 @@ class Burst:
     p95_done_s: float  # 95 % of the files are searchable by then
     p95_wait_s: float  # and 95 % had started by then
     last_done_s: float  # the whole burst is done (makespan)
+    first_done_s: float = 0.0  # the first file is searchable
+    p50_done_s: float = 0.0  # half of them are
 
 
 def simulate_burst(n: int, c: int, job: JobTime, runs: int = 0, seed: int = 7) -> Burst:
@@ -198,7 +203,8 @@ def simulate_burst(n: int, c: int, job: JobTime, runs: int = 0, seed: int = 7) -
     runs = runs or max(20, min(200, 200_000 // n))
     rng = random.Random(seed)
     k = math.ceil(0.95 * n) - 1
-    done = wait = last = 0.0
+    k50 = math.ceil(0.5 * n) - 1
+    done = wait = last = first = median = 0.0
     for _ in range(runs):
         free = [0.0] * min(c, n)
         starts, finishes = [], []
@@ -212,7 +218,9 @@ def simulate_burst(n: int, c: int, job: JobTime, runs: int = 0, seed: int = 7) -
         done += finishes[k]
         wait += sorted(starts)[k]
         last += finishes[-1]
-    return Burst(n, c, done / runs, wait / runs, last / runs)
+        first += finishes[0]
+        median += finishes[k50]
+    return Burst(n, c, done / runs, wait / runs, last / runs, first / runs, median / runs)
 
 
 def workers_for_burst(n: int, job: JobTime, target_s: float, max_wait_s: float | None = None) -> int | None:
@@ -232,3 +240,76 @@ def workers_for_burst(n: int, job: JobTime, target_s: float, max_wait_s: float |
         mid = (lo + hi) // 2
         lo, hi = (lo, mid) if ok(mid) else (mid + 1, hi)
     return lo
+
+
+# --- a burst as Sluice runs it: parse and segment units, fair turns ----------------
+
+
+@dataclass(frozen=True)
+class FileWork:
+    """One uploaded file's work: a parse unit, then segment units (embed + store)."""
+
+    parse_s: float
+    segments_s: tuple[float, ...] = ()
+
+
+@dataclass(frozen=True)
+class UnitBurst:
+    c: int
+    done_s: tuple[float, ...]  # per file, in upload order: when its last unit finished
+    first_done_s: float
+    p50_done_s: float
+    p95_done_s: float  # the 95th-percentile file, counted as `simulate_burst` counts it
+    last_done_s: float
+
+
+def order_stat(values: list[float], q: float) -> float:
+    """The value of the ⌈q·n⌉-th smallest (nearest rank): the file whose turn it is at q."""
+    ordered = sorted(values)
+    return ordered[max(math.ceil(q * len(ordered)) - 1, 0)]
+
+
+def simulate_fair_burst(files: list[FileWork], c: int, per_owner_in_flight: int | None = None
+                        ) -> UnitBurst:
+    """Finish time of each file of a burst (all uploaded at 0, one file per user) on c workers.
+
+    Sluice does not run a file as one job: its parse unit comes first, then its segments
+    become work, and the dispatcher hands the next unit to the owner whose turn was longest
+    ago (never first, in upload order), at most `per_owner_in_flight` of one owner at once.
+    So in a burst every parse runs before any file's segments, and big files share the fleet
+    with small ones segment by segment: the first file is done only after all the parses,
+    which a whole-file FIFO model (`simulate_burst`) gets wrong. Deterministic: the unit
+    times are given, not drawn.
+    """
+    if not files or c <= 0:
+        raise ValueError("need files and c >= 1")
+    limit = per_owner_in_flight or math.inf
+    ready: list[list[tuple[str, float]]] = [[("parse", f.parse_s)] for f in files]
+    left = [len(f.segments_s) for f in files]
+    in_flight = [0] * len(files)
+    last_turn = [-1] * len(files)  # dispatch counter at the owner's last turn; -1: never
+    done: list[float] = [math.inf] * len(files)
+    events: list[tuple[float, int, int, str]] = []  # (finish, seq, file, kind)
+    free, now, seq = c, 0.0, 0
+    while True:
+        while free:
+            owners = [i for i in range(len(files)) if ready[i] and in_flight[i] < limit]
+            if not owners:
+                break
+            i = min(owners, key=lambda k: (last_turn[k], k))
+            kind, duration = ready[i].pop(0)
+            seq += 1
+            last_turn[i], in_flight[i], free = seq, in_flight[i] + 1, free - 1
+            heapq.heappush(events, (now + duration, seq, i, kind))
+        if not events:
+            break
+        now, _, i, kind = heapq.heappop(events)
+        free, in_flight[i] = free + 1, in_flight[i] - 1
+        if kind == "parse":
+            ready[i].extend(("segment", s) for s in files[i].segments_s)
+        else:
+            left[i] -= 1
+        if not left[i] and not ready[i] and not in_flight[i]:
+            done[i] = now
+    return UnitBurst(c, tuple(done), min(done), order_stat(done, 0.5), order_stat(done, 0.95),
+                     max(done))
