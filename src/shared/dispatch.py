@@ -4,8 +4,12 @@ RQ is kept shallow (DISPATCH_PER_WORKER units waiting per live worker); everythi
 else waits in Postgres, where a pass picks, for each free place, the next unit in
 round-robin order across owners (whoever had a turn longest ago first), oldest file
 first within an owner, and never more than USER_UNITS_IN_FLIGHT of one owner
-dispatched or running. One pass at a time fleet-wide (a transaction-scoped advisory
-lock: a process killed mid-pass releases it with its connection).
+dispatched or running. Within an owner, parse units go first while the owner has
+fewer than EMBED_FILL_CHUNKS chunks of segments ready: parsing (fast) runs a little
+ahead of embedding, so a worker can fill its encode calls across the owner's small
+files (`worker.fill`) instead of embedding each file's few chunks alone. One pass at
+a time fleet-wide (a transaction-scoped advisory lock: a process killed mid-pass
+releases it with its connection).
 """
 
 from __future__ import annotations
@@ -32,11 +36,16 @@ _FAIR = text("""
 WITH inflight AS (
     SELECT owner_id, count(*) AS n FROM work_units
     WHERE state IN ('dispatched', 'running') GROUP BY owner_id
+), ready AS (
+    SELECT owner_id, sum(chunk_end - chunk_start) AS chunks FROM work_units
+    WHERE state = 'pending' AND kind = 'segment' AND not_before <= now() GROUP BY owner_id
 ), ranked AS (
     SELECT u.id, u.owner_id, u.chunk_end - u.chunk_start AS chunks, f.created_at AS file_created,
            row_number() OVER (PARTITION BY u.owner_id
-                              ORDER BY f.created_at, u.file_id, u.ordinal) AS rn
+                              ORDER BY u.kind = 'parse' AND coalesce(rd.chunks, 0) < :lookahead
+                                       DESC, f.created_at, u.file_id, u.ordinal) AS rn
     FROM work_units u JOIN files f ON f.id = u.file_id
+    LEFT JOIN ready rd ON rd.owner_id = u.owner_id
     WHERE u.state = 'pending' AND u.not_before <= now()
       AND (CAST(:kind AS text) IS NULL OR u.kind = CAST(:kind AS text))
 )
@@ -56,11 +65,15 @@ class Pick:
     chunks: int
 
 
-def fair_picks(session: Session, *, cap: int, room: int, kind: str | None = None) -> list[Pick]:
+def fair_picks(
+    session: Session, *, cap: int, room: int, lookahead: int, kind: str | None = None
+) -> list[Pick]:
     """The next `room` pending units in fair order (round robin across owners, oldest
-    file first, at most `cap` of an owner dispatched or running), only of `kind` if
+    file first, parses first while fewer than `lookahead` chunks of the owner's segments
+    are ready, at most `cap` of an owner dispatched or running), only of `kind` if
     given. The caller holds DISPATCH_LOCK, so no other pass or fill picks meanwhile."""
-    rows = session.execute(_FAIR, {"cap": cap, "room": room, "kind": kind}).all()
+    rows = session.execute(_FAIR, {"cap": cap, "room": room, "kind": kind,
+                                   "lookahead": lookahead}).all()
     return [Pick(int(uid), owner, int(chunks)) for uid, owner, chunks in rows]
 
 
@@ -77,7 +90,8 @@ def dispatch_once(
         room = target - waiting
         if room <= 0:
             return 0
-        picked = fair_picks(session, cap=settings.user_units_in_flight, room=room)
+        picked = fair_picks(session, cap=settings.user_units_in_flight, room=room,
+                            lookahead=settings.embed_fill_chunks)
         if not picked:
             return 0
         ids = [p.unit_id for p in picked]

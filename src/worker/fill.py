@@ -45,7 +45,7 @@ def claim_fill(session: Session, c: Claim, settings: Settings, worker: str) -> l
     # like the dispatcher, so lock order is the same everywhere: no deadlock.
     session.execute(select(func.pg_advisory_xact_lock(DISPATCH_LOCK)))
     picks = fair_picks(session, cap=settings.user_units_in_flight, room=budget,
-                       kind=UnitKind.segment.value)
+                       lookahead=settings.embed_fill_chunks, kind=UnitKind.segment.value)
     chosen, left = [], budget
     for p in picks:
         if 0 < p.chunks <= left:

@@ -15,12 +15,14 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from shared.db import sync_session_factory
+from shared.dispatch import fair_picks
 from shared.encoders import load_embedder
 from shared.settings import Settings
 from shared.work import Claim, claim, wake
 from tests.faults.stack import FaultStack, WebUI
 from tests.support.helpers import wait_until
 from tests.support.segments import file_texts, queue_segments
+from tests.support.stack import insert_file
 from worker.fill import claim_fill
 
 FILL = 96
@@ -130,6 +132,25 @@ def test_two_fills_at_once_never_claim_the_same_unit(fault_stack: FaultStack) ->
         assert held == {**dict.fromkeys(ids[0], "w0"), **dict.fromkeys(ids[1], "w1")}
     finally:
         _forget(fault_stack, owners)
+
+
+def test_parses_run_ahead_until_a_fill_worth_of_chunks_is_ready(fault_stack: FaultStack) -> None:
+    user = fault_stack.user("ahead")
+    (older,) = queue_segments(fault_stack.db, user.id, [file_texts(SEG, 1)], SEG)
+    newer = [insert_file(fault_stack.db, user.id, uuid.uuid4().hex)[1] for _ in range(2)]
+    try:
+        def first(lookahead: int) -> int:
+            with _session(fault_stack) as session:
+                picks = fair_picks(session, cap=100, room=3, lookahead=lookahead)
+            return picks[0].unit_id
+
+        segment = fault_stack.sql("SELECT id FROM work_units WHERE file_id = :f",
+                                  f=uuid.UUID(older))[0][0]
+        assert first(SEG + 1) == newer[0]  # 8 chunks ready, fewer than a fill: parse ahead
+        assert first(SEG) == segment  # a fill's worth ready: oldest file first again
+        assert first(0) == segment  # no fill, no lookahead
+    finally:
+        _forget(fault_stack, [(user.id, [])])
 
 
 # --- a real worker ------------------------------------------------------------------------
