@@ -7,6 +7,11 @@ is stored in its own fenced transaction: a segment whose file was deleted or who
 lease was lost is skipped quietly, one whose payload or store fails is retried (or
 failed) alone, and the others are stored anyway. Only an encoder failure, which no
 one segment can be blamed for, sends all of them back to the backlog.
+
+Stores run after the call, not in a thread overlapping the next sub-batch's
+embedding: storing took ~5% of the embedding time in our runs (e.g. 0.21 s against
+4.04 s for 96 chunks), so overlap could save at most that, while taking CPU from
+the embedding (and from Postgres, on the same cores in small setups).
 """
 
 from __future__ import annotations
