@@ -39,7 +39,9 @@ def run_unit(unit_id: int, attempt: int) -> dict[str, Any]:
         return {"outcome": "skipped", "reason": "not_claimable"}
     claims = [c, *_fill(rt, c)]
     rt.hold(claims)
-    _wake(rt)  # a place in RQ just freed up
+    # A place in RQ just freed up; woken after the fill, so this worker's fill, not a
+    # dispatch pass, takes the segments that are ready now.
+    _wake(rt)
     try:
         if c.kind == UnitKind.parse.value:
             result = run_parse(rt, c)
