@@ -16,8 +16,11 @@ onnx, onnx-int8), in one run, on the same chunks:
   the 10 files are uploaded through the API by a fresh user; chunks/s = chunks
   stored ÷ (last file's `finished_at` − the first upload's start). The stack is
   stopped before the next backend starts (the raw runs happen with no stack up).
-  Its padding ratio is computed from the chunks (the worker encodes one file's
-  chunks per call, grouped by length), not measured in the worker.
+  The files are uploaded while RQ is suspended, then released together: many
+  files queued at once, so the worker fills its encode calls across files
+  (EMBED_FILL_CHUNKS; `--fill-chunks 0` for one segment per call). Its padding
+  ratio and tokens/s (embedding time only) are summed from the worker's
+  `segment.batch` log lines, with the segments per encode call.
 
 Printed: raw and e2e chunks/s per backend, e2e/raw for the same backend (the
 pipeline's overhead; issue 2 asks ≥ 0.8 with one worker), and each as a share
@@ -27,7 +30,7 @@ interleaved, so they see the same background load) and reports medians; the
 a 2-core machine changes these numbers by 2× or more.
 
     .venv/bin/python loadtests/bench_pipeline.py [--backends torch,onnx,onnx-int8]
-        [--rounds 1] [--files 10] [--json out.json]
+        [--rounds 1] [--files 10] [--docs N] [--fill-chunks N] [--json out.json]
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from eval_retrieval import load_set
 from meter import CpuMeter
+from rq.suspension import resume, suspend
 from stack import App, Servers, app_env, create_users, free_port, interrupt_on_sigterm
 
 from shared.embedding import BACKENDS, embed_threads, model_path
@@ -61,13 +65,15 @@ from shared.encoders import load_embedder
 from shared.settings import Settings
 
 log = logging.getLogger("loadtest.bench")
-_PROCESSED = re.compile(r"file\.processed .* chunks=(\d+) parse=([\d.]+)s chunk=([\d.]+)s "
-                        r"embed=([\d.]+)s store=([\d.]+)s")
+_PARSED = re.compile(r"file\.parsed .* parse=([\d.]+)s chunk=([\d.]+)s")
+_BATCH = re.compile(r"segment\.batch units=(\d+) files=\d+ chunks=\d+ tokens=(\d+) "
+                    r"padded_tokens=(\d+) .* embed=([\d.]+)s store=([\d.]+)s")
 
 
-def corpus(n_files: int) -> list[tuple[str, str]]:
-    """(filename, text): the eval set's documents dealt round-robin into n_files files."""
-    docs = load_set().docs
+def corpus(n_files: int, n_docs: int | None = None) -> list[tuple[str, str]]:
+    """(filename, text): the eval set's (first n_docs) documents dealt round-robin into
+    n_files files."""
+    docs = load_set().docs[:n_docs]
     groups: list[list[str]] = [[] for _ in range(n_files)]
     for i, d in enumerate(docs):
         groups[i % n_files].append(f"# {d['id']}\n\n{d['text']}")
@@ -117,9 +123,13 @@ def raw_rate(backend: str, settings: Settings, chunks: list[str], grouped: bool 
 
 
 def e2e_rate(backend: str, servers: Servers, root: Path, files: list[tuple[str, str]],
-             expected_chunks: int, round_no: int, tokens: int) -> dict[str, Any]:
+             expected_chunks: int, round_no: int, tokens: int, fill_chunks: int | None
+             ) -> dict[str, Any]:
     label = f"{backend}-r{round_no}"
-    env = app_env(servers, root / label / "uploads", {"EMBEDDING_BACKEND": backend})
+    overrides = {"EMBEDDING_BACKEND": backend}
+    if fill_chunks is not None:
+        overrides["EMBED_FILL_CHUNKS"] = str(fill_chunks)
+    env = app_env(servers, root / label / "uploads", overrides)
     app = App(env, workers=1, log_dir=root / label / "logs", port=free_port())
     rd = servers.redis_client()
     user_id, key = create_users(servers, 1, f"bench-{label}")[0]
@@ -133,10 +143,14 @@ def e2e_rate(backend: str, servers: Servers, root: Path, files: list[tuple[str, 
             roots = [os.getpid()] + [p for p in (servers.pg.pid, servers.redis.pid) if p]
             meter = CpuMeter(roots).__enter__()
             started = time.time()
-            for name, text in files:
-                r = client.post("/api/v1/files",
-                                files={"file": (name, io.BytesIO(text.encode()), "text/plain")})
-                r.raise_for_status()
+            suspend(rd)  # all queued at once (a worker blocked in BLMOVE may take the first)
+            try:
+                for name, text in files:
+                    r = client.post("/api/v1/files",
+                                    files={"file": (name, io.BytesIO(text.encode()), "text/plain")})
+                    r.raise_for_status()
+            finally:
+                resume(rd)
             uploaded = time.time() - started
             with servers.connect() as pg:
                 deadline = time.monotonic() + 1800
@@ -167,10 +181,19 @@ def e2e_rate(backend: str, servers: Servers, root: Path, files: list[tuple[str, 
         elapsed = float(last) - started
         stages = {"parse": 0.0, "chunk": 0.0, "embed": 0.0, "store": 0.0}
         log_text = (root / label / "logs" / "worker-0.log").read_text(errors="replace")
-        for m in _PROCESSED.finditer(log_text):
-            for i, stage in enumerate(stages, 2):
-                stages[stage] += float(m.group(i))
+        for m in _PARSED.finditer(log_text):
+            stages["parse"] += float(m.group(1))
+            stages["chunk"] += float(m.group(2))
+        calls = units = real = padded = 0
+        for m in _BATCH.finditer(log_text):
+            calls, units = calls + 1, units + int(m.group(1))
+            real, padded = real + int(m.group(2)), padded + int(m.group(3))
+            stages["embed"] += float(m.group(4))
+            stages["store"] += float(m.group(5))
         return {"chunks_per_s": chunks / elapsed, "tokens_per_s": tokens / elapsed,
+                "padding": padded / real if real else 1.0,
+                "embed_tokens_per_s": real / stages["embed"] if stages["embed"] else 0.0,
+                "units_per_call": units / calls if calls else 0.0,
                 "seconds": elapsed, "upload_s": uploaded,
                 "chunks": chunks, "worker_threads": int(facts.get(b"embed_threads", 0)),
                 "worker_backend": facts.get(b"embedding_backend", b"").decode(),
@@ -186,12 +209,15 @@ def main() -> None:
     p.add_argument("--backends", default=",".join(BACKENDS))
     p.add_argument("--rounds", type=int, default=1)
     p.add_argument("--files", type=int, default=10)
+    p.add_argument("--docs", type=int, help="only the eval set's first N documents (quick runs)")
+    p.add_argument("--fill-chunks", type=int,
+                   help="the worker's EMBED_FILL_CHUNKS (default: the setting's); 0 = no fill")
     p.add_argument("--json", help="also write the raw results here")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     interrupt_on_sigterm()
     backends = args.backends.split(",")
-    files = corpus(args.files)
+    files = corpus(args.files, args.docs)
     modes = ("raw", "raw-inorder", "e2e")
     results: dict[str, dict[str, list[dict[str, Any]]]] = {
         b: {m: [] for m in modes} for b in backends}
@@ -212,7 +238,8 @@ def main() -> None:
                   f"text (stdlib docstrings) -> {len(chunks)} chunks, {tokens} tokens (CHUNK_SIZE="
                   f"{settings.chunk_size}, EMBED_BATCH_SIZE={batch}); padding per file, grouped "
                   f"{e2e_padding:.3f}, in input order "
-                  f"{sum(padded_tokens(n, batch, False) for n in lengths) / tokens:.3f}")
+                  f"{sum(padded_tokens(n, batch, False) for n in lengths) / tokens:.3f}, all "
+                  f"files in one call {padded_tokens([n for f in lengths for n in f], batch) / tokens:.3f}")
             for r in range(args.rounds):
                 for b in backends:
                     for mode, grouped in (("raw", True), ("raw-inorder", False)):
@@ -223,8 +250,8 @@ def main() -> None:
                               f"({raw['threads']} threads; other work used "
                               f"{raw['other_cores']:.2f} cores, load avg {raw['loadavg_1m']:.1f})",
                               flush=True)
-                    e2e = e2e_rate(b, servers, root, files, len(chunks), r, tokens)
-                    e2e["padding"] = e2e_padding
+                    e2e = e2e_rate(b, servers, root, files, len(chunks), r, tokens,
+                                   args.fill_chunks)
                     results[b]["e2e"].append(e2e)
                     st = e2e["stages_s"]
                     print(f"  round {r + 1} {b:9} {'e2e':11} {e2e['chunks_per_s']:6.1f} chunks/s "
@@ -232,6 +259,9 @@ def main() -> None:
                           f"{e2e['seconds']:.1f} s; worker: {e2e['worker_backend']}, "
                           f"{e2e['worker_threads']} threads; stages parse {st['parse']:.1f} chunk "
                           f"{st['chunk']:.1f} embed {st['embed']:.1f} store {st['store']:.1f} s; "
+                          f"encode calls: padding {e2e['padding']:.3f}, "
+                          f"{e2e['embed_tokens_per_s']:.0f} tokens/s, "
+                          f"{e2e['units_per_call']:.1f} segments per call; "
                           f"other work used {e2e['other_cores']:.2f} cores, load avg "
                           f"{e2e['loadavg_1m']:.1f})", flush=True)
         finally:

@@ -4,15 +4,19 @@ RQ is kept shallow (DISPATCH_PER_WORKER units waiting per live worker); everythi
 else waits in Postgres, where a pass picks, for each free place, the next unit in
 round-robin order across owners (whoever had a turn longest ago first), oldest file
 first within an owner (a background re-embed's units after the owner's ingests), and
-never more than USER_UNITS_IN_FLIGHT of one owner dispatched or running. One pass at a
-time fleet-wide (a transaction-scoped advisory lock: a process killed mid-pass releases
-it with its connection).
+never more than USER_UNITS_IN_FLIGHT of one owner dispatched or running. Within an owner, parse units go first while the owner has
+fewer than EMBED_FILL_CHUNKS chunks of segments ready: parsing (fast) runs a little
+ahead of embedding, so a worker can fill its encode calls across the owner's small
+files (`worker.fill`) instead of embedding each file's few chunks alone. One pass at
+a time fleet-wide (a transaction-scoped advisory lock: a process killed mid-pass
+releases it with its connection).
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
+from dataclasses import dataclass
 
 from redis.exceptions import RedisError
 from rq import Queue
@@ -32,21 +36,46 @@ _FAIR = text("""
 WITH inflight AS (
     SELECT owner_id, count(*) AS n FROM work_units
     WHERE state IN ('dispatched', 'running') GROUP BY owner_id
+), ready AS (
+    SELECT owner_id, sum(chunk_end - chunk_start) AS chunks FROM work_units
+    WHERE state = 'pending' AND kind = 'segment' AND not_before <= now() GROUP BY owner_id
 ), ranked AS (
-    SELECT u.id, u.owner_id, f.created_at AS file_created,
+    SELECT u.id, u.owner_id, u.chunk_end - u.chunk_start AS chunks, f.created_at AS file_created,
            row_number() OVER (PARTITION BY u.owner_id
-                              ORDER BY u.kind = 'reembed', f.created_at, u.file_id, u.ordinal)
-             AS rn
+                              ORDER BY u.kind = 'reembed',
+                                       u.kind = 'parse' AND coalesce(rd.chunks, 0) < :lookahead
+                                       DESC, f.created_at, u.file_id, u.ordinal) AS rn
     FROM work_units u JOIN files f ON f.id = u.file_id
+    LEFT JOIN ready rd ON rd.owner_id = u.owner_id
     WHERE u.state = 'pending' AND u.not_before <= now()
+      AND (CAST(:kind AS text) IS NULL OR u.kind = CAST(:kind AS text))
 )
-SELECT r.id, r.owner_id FROM ranked r
+SELECT r.id, r.owner_id, r.chunks FROM ranked r
 LEFT JOIN inflight i ON i.owner_id = r.owner_id
 LEFT JOIN owner_turns t ON t.owner_id = r.owner_id
 WHERE r.rn <= :cap - coalesce(i.n, 0)
 ORDER BY r.rn, t.last_turn_at NULLS FIRST, r.file_created, r.id
 LIMIT :room
 """)
+
+
+@dataclass(frozen=True)
+class Pick:
+    unit_id: int
+    owner_id: uuid.UUID
+    chunks: int
+
+
+def fair_picks(
+    session: Session, *, cap: int, room: int, lookahead: int, kind: str | None = None
+) -> list[Pick]:
+    """The next `room` pending units in fair order (round robin across owners, oldest
+    file first, parses first while fewer than `lookahead` chunks of the owner's segments
+    are ready, at most `cap` of an owner dispatched or running), only of `kind` if
+    given. The caller holds DISPATCH_LOCK, so no other pass or fill picks meanwhile."""
+    rows = session.execute(_FAIR, {"cap": cap, "room": room, "kind": kind,
+                                   "lookahead": lookahead}).all()
+    return [Pick(int(uid), owner, int(chunks)) for uid, owner, chunks in rows]
 
 
 def dispatch_once(
@@ -62,10 +91,11 @@ def dispatch_once(
         room = target - waiting
         if room <= 0:
             return 0
-        picked = session.execute(_FAIR, {"cap": settings.user_units_in_flight, "room": room}).all()
+        picked = fair_picks(session, cap=settings.user_units_in_flight, room=room,
+                            lookahead=settings.embed_fill_chunks)
         if not picked:
             return 0
-        ids = [uid for uid, _ in picked]
+        ids = [p.unit_id for p in picked]
         attempts = dict(session.execute(
             update(WorkUnit)
             .where(WorkUnit.id.in_(ids), WorkUnit.state == UnitState.pending.value)
@@ -73,7 +103,7 @@ def dispatch_once(
                     dispatched_at=func.now(), updated_at=func.now())
             .returning(WorkUnit.id, WorkUnit.attempt)
         ).tuples().all())
-        _take_turns(session, [owner for _, owner in picked])
+        take_turns(session, [p.owner_id for p in picked])
         session.commit()
     to_send = [(uid, attempts[uid]) for uid in ids if uid in attempts]
     for k, (uid, attempt) in enumerate(to_send):
@@ -87,7 +117,7 @@ def dispatch_once(
     return len(to_send)
 
 
-def _take_turns(session: Session, owners: list[uuid.UUID]) -> None:
+def take_turns(session: Session, owners: list[uuid.UUID]) -> None:
     """Record the turns in pick order (clock_timestamp() rises within the pass)."""
     seen: set[uuid.UUID] = set()
     for owner in owners:

@@ -32,6 +32,9 @@ from shared.pools import (
 DB_WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 JOB_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 180, 300, 450, 600, 900, 1800, 3600)
 QUEUE_WAIT_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200)
+PADDING_BUCKETS = (1.0, 1.01, 1.02, 1.05, 1.1, 1.2, 1.3, 1.5, 2.0, 3.0)
+TOKENS_PER_S_BUCKETS = (250, 500, 1_000, 2_000, 4_000, 8_000, 16_000, 32_000, 64_000, 128_000)
+CALL_UNITS_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 32, 64, 128, 256)
 OUTCOMES = ("done", "failed", "retried", "rejected", "skipped")
 STAGES = ("parse", "chunk", "embed", "store", "total")
 
@@ -216,6 +219,26 @@ class JobMetrics:
             "Time from a job's enqueue (upload, retry or re-enqueue) to its start.",
             buckets=QUEUE_WAIT_BUCKETS, registry=registry,
         )
+        # Per encode call of the worker (a segment and those claimed to fill its batches).
+        self.embed_padding = Histogram(
+            "sluice_embed_padding_ratio",
+            "Tokens the model computed (each batch padded to its longest text) / real tokens, "
+            "per encode call.", buckets=PADDING_BUCKETS, registry=registry,
+        )
+        self.embed_rate = Histogram(
+            "sluice_embed_tokens_per_second", "Real tokens embedded per second, per encode call.",
+            buckets=TOKENS_PER_S_BUCKETS, registry=registry,
+        )
+        self.embed_units = Histogram(
+            "sluice_embed_call_units", "Segment units embedded together in one encode call.",
+            buckets=CALL_UNITS_BUCKETS, registry=registry,
+        )
+        self.embed_tokens = Counter(
+            "sluice_embed_tokens", "Tokens embedded: real, and padded (what the model computed); "
+            "rate(padded) / rate(real) is the padding ratio.", ["kind"], registry=registry,
+        )
+        for kind in ("real", "padded"):
+            self.embed_tokens.labels(kind=kind)
         self.reconciler_requeued = Counter(
             "sluice_reconciler_requeued", "Files the reconciler put back on the queue.",
             registry=registry,

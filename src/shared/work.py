@@ -72,7 +72,7 @@ class Claim:
     tries: int
 
 
-def _lease(seconds: int) -> Any:
+def lease_expiry(seconds: int) -> Any:
     return func.now() + text(f"interval '{int(seconds)} seconds'")
 
 
@@ -91,7 +91,7 @@ def claim(session: Session, unit_id: int, attempt: int, worker: str, lease_s: in
         .where(WorkUnit.id == unit_id, WorkUnit.attempt == attempt,
                WorkUnit.state == UnitState.dispatched.value)
         .values(state=UnitState.running.value, tries=WorkUnit.tries + 1, worker=worker,
-                lease_expires_at=_lease(lease_s), updated_at=func.now())
+                lease_expires_at=lease_expiry(lease_s), updated_at=func.now())
         .returning(WorkUnit.file_id, WorkUnit.owner_id, WorkUnit.kind, WorkUnit.ordinal,
                    WorkUnit.chunk_start, WorkUnit.chunk_end, WorkUnit.tries)
     ).first()
@@ -117,7 +117,7 @@ def renew_lease(session: Session, unit_id: int, attempt: int, lease_s: int) -> b
         update(WorkUnit)
         .where(WorkUnit.id == unit_id, WorkUnit.attempt == attempt,
                WorkUnit.state == UnitState.running.value)
-        .values(lease_expires_at=_lease(lease_s))
+        .values(lease_expires_at=lease_expiry(lease_s))
     ).rowcount  # type: ignore[attr-defined]
     session.commit()
     return bool(n)

@@ -1,29 +1,32 @@
 """The RQ job: `worker.jobs.run_unit(unit_id, attempt)`, ids only, JSON-serialised.
 
 Claim the unit in Postgres (compare-and-set; a stale, duplicate or late delivery,
-or one for a deleted or finished file, claims nothing and returns quietly), hold it
-while the heartbeat renews its lease, run it (`worker.units`), and on an error
-record the outcome in Postgres through the same fence: a rejection fails the file
-at once; anything else goes back to the backlog for a retry after JOB_RETRY_DELAY,
-until JOB_MAX_RETRIES are spent. The job itself never raises for a unit's failure:
-retries are scheduled from Postgres, not by RQ.
+or one for a deleted or finished file, claims nothing and returns quietly). A
+segment also claims other ready segments to fill the encoder (`worker.fill`). Hold
+them all while the heartbeat renews their leases, run them (`worker.units`,
+`worker.segments`), and on an error record the outcome in Postgres through the same
+fence (`worker.failure`): a rejection fails the file at once; anything else goes
+back to the backlog for a retry after JOB_RETRY_DELAY, until JOB_MAX_RETRIES are
+spent. The job itself never raises for a unit's failure: retries are scheduled from
+Postgres, not by RQ.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from typing import Any
 
 from redis.exceptions import RedisError
 
-from shared.document_errors import DocumentRejected
 from shared.models import UnitKind
-from shared.work import Claim, claim, fail_unit, fence, retry_later, wake
-from worker.errors import user_reason
-from worker.progress import publish
+from shared.work import Claim, claim, wake
+from worker.failure import record_failure
+from worker.fill import claim_fill, fill_budget
 from worker.reembed import run_reembed
 from worker.runtime import Runtime, get_runtime
-from worker.units import run_parse, run_segment
+from worker.segments import run_segments
+from worker.units import run_parse
 
 log = logging.getLogger("sluice.worker")
 
@@ -35,52 +38,48 @@ def run_unit(unit_id: int, attempt: int) -> dict[str, Any]:
     if c is None:
         log.info("unit.skipped unit=%s attempt=%s reason=not_claimable", unit_id, attempt)
         return {"outcome": "skipped", "reason": "not_claimable"}
-    _wake(rt)  # a place in RQ just freed up
-    rt.hold(c)
+    claims = [c, *_fill(rt, c)]
+    rt.hold(claims)
+    # A place in RQ just freed up; woken after the fill, so this worker's fill, not a
+    # dispatch pass, takes the segments that are ready now.
+    _wake(rt)
     try:
-        run = {UnitKind.parse.value: run_parse, UnitKind.reembed.value: run_reembed}.get(
-            c.kind, run_segment)
-        result = run(rt, c)
-        if result["outcome"] == "done":
-            rt.counters["units_done"] += 1
-        return result
+        if c.kind in (UnitKind.parse.value, UnitKind.reembed.value):
+            run = run_parse if c.kind == UnitKind.parse.value else run_reembed
+            result = run(rt, c)
+            if result["outcome"] == "done":
+                rt.counters["units_done"] += 1
+            return result
+        return _segments(rt, claims)
     except Exception as err:
-        return _failed(rt, c, err)
+        return record_failure(rt, c, err)
     finally:
-        rt.hold(None)
+        rt.hold(())
         _wake(rt)
 
 
-def _failed(rt: Runtime, c: Claim, err: Exception) -> dict[str, Any]:
-    settings = rt.settings
-    reason = user_reason(err, settings)
-    final = isinstance(err, DocumentRejected) or c.tries > settings.job_max_retries
-    # Technical detail for operators, with the file id; the user gets `reason`.
-    log.warning("file.attempt_failed file_id=%s final=%s reason=%s: %s unit=%s kind=%s try=%d",
-                c.file_id, final, type(err).__name__, str(err)[:300], c.unit_id, c.kind, c.tries,
-                exc_info=not isinstance(err, DocumentRejected))
+def _fill(rt: Runtime, c: Claim) -> list[Claim]:
+    """Other ready segments for the same encode call; none if that fails (the job's own
+    unit is claimed already and runs alone)."""
+    if fill_budget(c, rt.settings) <= 0:
+        return []
     try:
         with rt.session_factory() as session:
-            fenced = fence(session, c)
-            if fenced is None:
-                return {"outcome": "skipped", "reason": "stale_or_deleted"}
-            unit, file = fenced
-            if final:
-                fail_unit(session, unit, file, reason)
-            else:
-                retry_later(session, unit, file, reason, settings.job_retry_delay)
-            status, error = file.status, file.error
-            session.commit()
-    except Exception:  # e.g. Postgres is down: the lease runs out and the unit is re-offered
-        log.exception("file.status_not_saved file_id=%s", c.file_id)
-        return {"outcome": "retried"}
-    rt.counters["units_failed"] += 1
-    if c.kind == UnitKind.reembed.value:  # nothing the file's owner needs to hear about
-        return {"outcome": "failed" if final else "retried"}
-    publish(rt.redis, file_id=c.file_id, owner_id=c.owner_id, status=status, error=error)
-    if final:
-        return {"outcome": "rejected" if isinstance(err, DocumentRejected) else "failed"}
-    return {"outcome": "retried"}
+            return claim_fill(session, c, rt.settings, rt.name)
+    except Exception as err:
+        log.warning("segment.fill_failed unit=%s error=%s", c.unit_id, err)
+        return []
+
+
+def _segments(rt: Runtime, claims: list[Claim]) -> dict[str, Any]:
+    """The job's result is its own unit's outcome, with what the whole call did."""
+    batch = run_segments(rt, claims)
+    own = batch.results.get(claims[0].unit_id, {"outcome": "skipped", "reason": "not_run"})
+    result = {**own, "units": dict(Counter(r["outcome"] for r in batch.results.values()))}
+    if batch.units:
+        result["timings"] = {"embed": batch.embed_s, "store": batch.store_s}
+        result["encode"] = batch.encode_facts()
+    return result
 
 
 def _wake(rt: Runtime) -> None:

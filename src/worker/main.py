@@ -116,19 +116,22 @@ class SluiceWorker(SimpleWorker):
                 log.warning("worker.heartbeat_failed error=%s", err)
 
     def _renew_lease(self) -> None:
-        """The unit's lease in Postgres is what keeps it ours (Redis's heartbeat is RQ's)."""
+        """The units' leases in Postgres are what keep them ours (Redis's heartbeat is RQ's):
+        the job's unit and the segments claimed with it to fill the encoder."""
         rt = self.runtime
-        held = rt.held if rt is not None else None
-        if rt is None or held is None:
+        held = rt.held if rt is not None else ()
+        if rt is None or not held:
             return
         try:
             with rt.session_factory() as session:
-                if not renew_lease(session, held.unit_id, held.attempt, rt.settings.lease_seconds):
-                    # Also seen just after the unit was stored (done), before it is let go.
-                    log.debug("unit.lease_ended unit=%s attempt=%s file_id=%s", held.unit_id,
-                             held.attempt, held.file_id)
-        except Exception as err:  # Postgres down: the unit may be offered again; fenced
-            log.warning("unit.lease_not_renewed unit=%s error=%s", held.unit_id, err)
+                for c in held:
+                    if not renew_lease(session, c.unit_id, c.attempt, rt.settings.lease_seconds):
+                        # Also seen just after the unit was stored (done), before it is let go.
+                        log.debug("unit.lease_ended unit=%s attempt=%s file_id=%s", c.unit_id,
+                                  c.attempt, c.file_id)
+        except Exception as err:  # Postgres down: the units may be offered again; fenced
+            log.warning("unit.lease_not_renewed units=%s error=%s",
+                        ",".join(str(c.unit_id) for c in held), err)
 
     def publish_facts(self) -> None:
         if self.runtime is None:

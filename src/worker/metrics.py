@@ -180,6 +180,15 @@ class WorkerMetrics:
             for stage, seconds in timings.items():
                 if isinstance(seconds, int | float):
                     self.jobs.stage_seconds.labels(stage=str(stage)).observe(float(seconds))
+        encode = result.get("encode") if isinstance(result, dict) else None
+        if isinstance(encode, dict) and encode.get("tokens"):
+            tokens, padded = float(encode["tokens"]), float(encode["padded_tokens"])
+            self.jobs.embed_padding.observe(padded / tokens)
+            if encode.get("seconds"):
+                self.jobs.embed_rate.observe(tokens / float(encode["seconds"]))
+            self.jobs.embed_units.observe(float(encode.get("units", 1)))
+            self.jobs.embed_tokens.labels(kind="real").inc(tokens)
+            self.jobs.embed_tokens.labels(kind="padded").inc(padded)
 
     def reconciled(self, result: ReconcileResult) -> None:
         self.jobs.reconciler_requeued.inc(result.requeued)

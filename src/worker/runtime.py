@@ -13,6 +13,7 @@ import socket
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,16 +72,21 @@ class Runtime:
     chunker: Chunker
     name: str
     counters: Counter[str] = field(default_factory=Counter)
-    _held: Claim | None = None
+    _held: tuple[Claim, ...] = ()
     _held_lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def hold(self, claim: Claim | None) -> None:
-        """The unit whose lease the heartbeat renews (None: nothing held)."""
+    def hold(self, claims: Iterable[Claim]) -> None:
+        """The units whose leases the heartbeat renews (empty: nothing held)."""
         with self._held_lock:
-            self._held = claim
+            self._held = tuple(claims)
+
+    def let_go(self, claim: Claim) -> None:
+        """One unit is finished (stored, failed or skipped): stop renewing its lease."""
+        with self._held_lock:
+            self._held = tuple(c for c in self._held if c != claim)
 
     @property
-    def held(self) -> Claim | None:
+    def held(self) -> tuple[Claim, ...]:
         with self._held_lock:
             return self._held
 

@@ -1,4 +1,4 @@
-"""The two kinds of work unit: parse a file into segments, embed and store a segment.
+"""The parse unit: a file into segments (segments are embedded by `worker.segments`).
 
 Each step reads what it needs in a short transaction, does the slow part (parse,
 embed) holding no connection, then writes through `shared.work.fence`, so the write
@@ -10,21 +10,19 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete
 
 from shared.document_errors import DocumentRejected
-from shared.models import Chunk, File, FileStatus, UnitKind, UnitState, WorkUnit
+from shared.models import Chunk, File, UnitKind, UnitState, WorkUnit
 from shared.storage import stored_path
 from shared.work import Claim, fence
 from worker.errors import StoredBytesMissing, TooManyChunks
 from worker.pipeline.chunk import TextChunk
 from worker.pipeline.isolated import parse_isolated
-from worker.pipeline.store import store_segment
 from worker.progress import publish
-from worker.runtime import Runtime, load_embedder
+from worker.runtime import Runtime
 
 log = logging.getLogger("sluice.worker")
 Result = dict[str, Any]
@@ -86,53 +84,6 @@ def run_parse(rt: Runtime, c: Claim) -> Result:
     log.info("file.parsed file_id=%s kind=%s chunks=%d segments=%d parse=%.2fs chunk=%.2fs",
              c.file_id, parsed.kind, len(chunks), len(segments), t1 - t0, t2 - t1)
     return {"outcome": "done", "timings": {"parse": t1 - t0, "chunk": t2 - t1}}
-
-
-def run_segment(rt: Runtime, c: Claim) -> Result:
-    with rt.session_factory() as session:
-        payload = session.scalar(select(WorkUnit.payload).where(
-            WorkUnit.id == c.unit_id, WorkUnit.attempt == c.attempt,
-            WorkUnit.state == UnitState.running.value))
-    if not payload:
-        return skipped(c, "stale_or_deleted")
-    texts, tokens = payload["texts"], payload["tokens"]
-    embedder = rt.embedder
-    if rt.settings.bench_reload_model_per_job:  # benchmark-only: the seed's per-job reload
-        embedder = load_embedder(rt.settings)
-    t0 = time.perf_counter()
-    vectors = embedder.encode(texts, batch_size=rt.config.embed_batch_size)
-    t1 = time.perf_counter()
-    with rt.session_factory() as session:
-        fenced = fence(session, c)
-        if fenced is None:
-            return skipped(c, "stale_or_deleted")
-        unit, file = fenced
-        store_segment(session, file_id=c.file_id, owner_id=c.owner_id, start=c.chunk_start,
-                      texts=texts, tokens=tokens, vectors=vectors,
-                      embedding_backend=embedder.backend)
-        unit_done(unit)
-        file.segments_done += 1
-        file.chunk_count += len(texts)
-        file.embedding_model, file.embedding_backend = embedder.name, embedder.backend
-        finished = file.segments_done >= file.segments_total
-        file.progress = 1.0 if finished else file.segments_done / max(file.segments_total, 1)
-        if finished:
-            file.status, file.stage, file.error = FileStatus.done.value, None, None
-            file.finished_at = datetime.now(UTC)
-        done, total, count = file.segments_done, file.segments_total, file.chunk_count
-        session.commit()
-    t2 = time.perf_counter()
-    if finished:
-        rt.counters["files_done"] += 1
-        publish(rt.redis, file_id=c.file_id, owner_id=c.owner_id, status="done", progress=1.0,
-                chunks=count, segments_done=done, segments_total=total)
-        log.info("file.processed file_id=%s chunks=%d segments=%d", c.file_id, count, total)
-    else:
-        publish(rt.redis, file_id=c.file_id, owner_id=c.owner_id, status="processing",
-                stage="embed", progress=done / total, segments_done=done, segments_total=total)
-    log.info("segment.stored file_id=%s segment=%d/%d chunks=%d embed=%.2fs store=%.2fs",
-             c.file_id, c.ordinal + 1, total, len(texts), t1 - t0, t2 - t1)
-    return {"outcome": "done", "timings": {"embed": t1 - t0, "store": t2 - t1}}
 
 
 def unit_done(unit: WorkUnit) -> None:

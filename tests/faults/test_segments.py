@@ -1,5 +1,5 @@
 """One file in segments across two workers: same result as one worker, each unit done once,
-a killed worker's segment (and only it) redone within the lease, deletes mid-run quiet."""
+a killed worker's segments (and only they) redone within the lease, deletes mid-run quiet."""
 
 from __future__ import annotations
 
@@ -128,7 +128,7 @@ def test_one_unit_delivered_twice_at_once_is_done_once(fault_stack: FaultStack, 
     assert count == rows == distinct > 0
 
 
-def test_worker_killed_mid_segment_redoes_only_that_segment(
+def test_worker_killed_mid_segment_redoes_only_the_segments_it_held(
     fault_stack: FaultStack, web: WebUI
 ) -> None:
     """SIGKILL a worker holding a segment while another process that was in the middle of
@@ -150,18 +150,18 @@ def test_worker_killed_mid_segment_redoes_only_that_segment(
         finally:
             holder.kill()
             holder.communicate(timeout=10)  # reaps it and closes its pipe
-        # What the victim held when it died (it may have finished the one seen above).
+        # What the victim held when it died (it may have finished the one seen above): its
+        # job's segment and those it claimed to fill the same encode call (EMBED_FILL_CHUNKS).
         held = [u for u, p in fault_stack.running_units(fid).items() if p == pid]
-        assert len(held) == 1, held
-        unit_id = held[0]
-        wait_until(lambda: fault_stack.unit_tries(fid)[unit_id] >= 2, bound + 30,
-                   "the killed segment to be claimed again")
+        assert 1 <= len(held) <= fault_stack.settings.user_units_in_flight, held
+        wait_until(lambda: all(fault_stack.unit_tries(fid)[u] >= 2 for u in held), bound + 30,
+                   "the killed segments to be claimed again")
         recovered_s = time.monotonic() - killed_at
         body = wait_for_status(c, fid, timeout=180)
     assert recovered_s <= bound, f"re-claimed {recovered_s:.1f}s after the kill (bound {bound}s)"
     assert body["status"] == "done" and body["attempts"] == 2, body
     tries = fault_stack.unit_tries(fid)
-    assert tries.pop(unit_id) == 2
+    assert {tries.pop(u) for u in held} == {2}
     assert set(tries.values()) == {1}, "every other unit ran once"
     count, rows, distinct = fault_stack.chunk_facts(fid)
     assert count == rows == distinct

@@ -32,6 +32,8 @@ WORKER_ONLY = [
     "sluice_reconciler_failed_total", "sluice_work_backlog", "sluice_work_units",
     "sluice_openai_embed_jobs_total", "sluice_openai_embed_texts_total",
     "sluice_openai_embed_queue_wait_seconds_count",
+    "sluice_embed_padding_ratio_count", "sluice_embed_tokens_per_second_count",
+    "sluice_embed_call_units_count", "sluice_embed_tokens_total",
 ]
 
 
@@ -106,9 +108,22 @@ def test_queue_depth_rises_and_drains_and_pools_return_to_idle(
         and value(s, "sluice_db_pool_checked_out") == 0 and s, 15, "worker pool idle")
     assert value(after, "sluice_jobs_total", outcome="done") >= value(before, "sluice_jobs_total",
                                                                       outcome="done") + 4
-    for stage in ("parse", "chunk", "embed", "store", "total"):
-        key = "sluice_job_stage_duration_seconds_count"
+    key = "sluice_job_stage_duration_seconds_count"
+    for stage in ("parse", "chunk", "total"):
         assert value(after, key, stage=stage) >= value(before, key, stage=stage) + 4, stage
+    # Segments ready together are embedded in one call (EMBED_FILL_CHUNKS): per call.
+    calls = value(after, "sluice_embed_call_units_count") - value(
+        before, "sluice_embed_call_units_count")
+    assert calls >= 1
+    for stage in ("embed", "store"):
+        assert value(after, key, stage=stage) - value(before, key, stage=stage) == calls, stage
+    assert value(after, "sluice_embed_call_units_sum") >= value(
+        before, "sluice_embed_call_units_sum") + 4
+    assert value(after, "sluice_embed_padding_ratio_count") - value(
+        before, "sluice_embed_padding_ratio_count") == calls
+    real = value(after, "sluice_embed_tokens_total", kind="real")
+    assert real > value(before, "sluice_embed_tokens_total", kind="real")
+    assert value(after, "sluice_embed_tokens_total", kind="padded") >= real
     for grew in ("sluice_queue_wait_seconds_count", "sluice_worker_busy_seconds_total",
                  "sluice_db_pool_wait_seconds_count"):
         assert value(after, grew) > value(before, grew), grew
