@@ -4,12 +4,13 @@ RQ is kept shallow (DISPATCH_PER_WORKER units waiting per live worker); everythi
 else waits in Postgres, where a pass picks, for each free place, the next unit in
 round-robin order across owners (whoever had a turn longest ago first), oldest file
 first within an owner (a background re-embed's units after the owner's ingests), and
-never more than USER_UNITS_IN_FLIGHT of one owner dispatched or running. Within an owner, parse units go first while the owner has
-fewer than EMBED_FILL_CHUNKS chunks of segments ready: parsing (fast) runs a little
-ahead of embedding, so a worker can fill its encode calls across the owner's small
-files (`worker.fill`) instead of embedding each file's few chunks alone. One pass at
-a time fleet-wide (a transaction-scoped advisory lock: a process killed mid-pass
-releases it with its connection).
+never more than USER_UNITS_IN_FLIGHT of one owner dispatched or running. Within an
+owner, parse units go first while the owner has fewer than EMBED_FILL_CHUNKS chunks
+of segments ready: parsing (fast) runs a little ahead of embedding, so a worker can
+fill its encode calls across the owner's small files (`worker.fill`) instead of
+embedding each file's few chunks alone. One pass at a time fleet-wide (a
+transaction-scoped advisory lock: a process killed mid-pass releases it with its
+connection).
 """
 
 from __future__ import annotations
