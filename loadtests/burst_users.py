@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 from burst_docs import Doc
 
+SEARCH_GIVE_UP_S = 60.0
 
 @dataclass
 class UserResult:
@@ -73,15 +74,22 @@ async def _user(i: int, key: str, doc: Doc, url: str, go: asyncio.Event, t0: lis
             if res.status == "failed":
                 res.error = "processing failed: " + str(r.json().get("error"))
                 return res
-            while time.perf_counter() < deadline:
+            # A done file is searchable at once (its chunks commit with `done`), so give up
+            # after SEARCH_GIVE_UP_S rather than at the burst's deadline; an error answer
+            # ends the user at once, with its status, instead of being retried for an hour.
+            give_up = min(deadline, time.perf_counter() + SEARCH_GIVE_UP_S)
+            while time.perf_counter() < give_up:
                 res.searches += 1
                 r = await c.post("/api/v1/search", json={"query": doc.phrase, "top_k": 5})
+                if r.status_code != 200 and r.status_code != 429:
+                    res.error = f"search answered {r.status_code}: {r.text[:200]}"
+                    return res
                 if r.status_code == 200 and any(
                         h["file_id"] == res.file_id for h in r.json()["hits"]):
                     res.searchable_s = time.perf_counter() - t0[0]
                     return res
                 await asyncio.sleep(poll_s)
-            res.error = "done but never found by its phrase"
+            res.error = f"done but not found by its phrase within {SEARCH_GIVE_UP_S:.0f} s"
         except httpx.HTTPError as err:
             res.error = f"{type(err).__name__}: {err}"
     return res

@@ -32,6 +32,7 @@ from webui.search_rank import (
     parse_headline,
     relevance,
     strength,
+    text_query,
 )
 from webui.state import AppState
 
@@ -199,7 +200,8 @@ async def search(
              "set_config('hnsw.iterative_scan', 'strict_order', true)"),
         {"ef": str(int(settings.hnsw_ef_search))})
     params: dict[str, object] = {
-        **scope.params, "vec": str(vector.tolist()), "query": body.query, "cfg": state.text_config,
+        **scope.params, "vec": str(vector.tolist()), "query": text_query(body.query),
+        "cfg": state.text_config,
         "backends": backends, "k": body.top_k, "n": max(CANDIDATES_MIN, 4 * body.top_k),
         "text_scan": TEXT_SCAN_MAX, "rrf_k": RRF_K, "hl": HEADLINE_OPTIONS,
     }

@@ -11,6 +11,7 @@ full-text query matched it, and how far its cosine is below the best hit's.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 
 # Reciprocal rank fusion (Cormack et al. 2009): score = sum over lists of 1/(k + rank).
@@ -78,3 +79,20 @@ def parse_headline(headline: str) -> Snippet:
             out.append(ch)
             pos += 1
     return Snippet("".join(out), spans)
+
+
+_NOT_DASH = re.compile(r"(?<![\w-])-(?=\w)")  # "-word": websearch syntax for NOT
+_LOOSE_DASH = re.compile(r"(?<!\w)-|-(?!\w)")  # a dash that is not inside a word
+
+
+def text_query(query: str) -> str:
+    """The query as Postgres' websearch_to_tsquery should read it.
+
+    websearch syntax reads each "-" before a word as NOT, and nests them: a line of
+    dashes pasted from a document ("------ Readonly properties ...", a Markdown rule)
+    became 70 nested NOTs, which Postgres refuses ("tsquery stack too small", a 500).
+    A run of dashes is decoration, not an operator: only a single dash right before a
+    word keeps its NOT; dashes inside words (part-number, e-mail) stay as they are.
+    """
+    marked = _NOT_DASH.sub("\x00", query)
+    return _LOOSE_DASH.sub(" ", marked).replace("\x00", "-")

@@ -143,3 +143,14 @@ def test_filters_hold_inside_both_halves(stack: Stack, db_engine: Engine) -> Non
             assert {h["file_id"] for h in scoped} == {mine["in.txt"]}, mode
             one = _search(c, code, mode=mode, include_weak=True, file_ids=[mine["out.txt"]])["hits"]
             assert {h["file_id"] for h in one} == {mine["out.txt"]}, mode
+
+
+def test_a_line_of_dashes_is_searched_not_refused(stack: Stack, parts: dict[str, Any]) -> None:
+    """Found by the seed's burst: a sentence copied from a document that starts with a
+    rule of dashes became 70 nested NOTs in the text query, and Postgres answered
+    "tsquery stack too small" (a 500)."""
+    with _client(stack, parts["user"]) as c:
+        r = c.post("/api/v1/search", json={"query": "-" * 70 + " Readonly properties of numbers"})
+        assert r.status_code == 200, r.text
+        r = c.post("/api/v1/search", json={"query": "- " * 40 + "numbers"})
+        assert r.status_code == 200, r.text

@@ -13,7 +13,15 @@ from prometheus_client import CollectorRegistry
 from shared.encoders import load_embedder
 from shared.settings import load_settings
 from webui.query_encoder import QueryEncoder, encode_by_length
-from webui.search_rank import START, STOP, matched, parse_headline, relevance, strength
+from webui.search_rank import (
+    START,
+    STOP,
+    matched,
+    parse_headline,
+    relevance,
+    strength,
+    text_query,
+)
 
 
 def test_parse_headline_turns_marks_into_offsets_and_merges_adjacent_ones() -> None:
@@ -67,3 +75,16 @@ def test_encode_by_length_keeps_the_order_of_the_queries() -> None:
     alone = embedder.encode(texts, batch_size=1)
     assert [float(np.dot(a, b)) for a, b in zip(grouped, alone, strict=True)] == \
         pytest.approx([1.0] * len(texts), abs=1e-3)
+
+
+@pytest.mark.parametrize(("query", "expected"), [
+    ("-" * 70 + " Readonly properties", "Readonly properties"),
+    ("- " * 40 + "word", "word"),
+    ("---word", "word"),
+    ("pumps -diesel", "pumps -diesel"),
+    ("-diesel pumps", "-diesel pumps"),
+    ("part-number A-1234 e-mail", "part-number A-1234 e-mail"),
+    ("trailing- dash", "trailing  dash"),
+])
+def test_text_query_keeps_not_and_hyphens_and_drops_dash_runs(query: str, expected: str) -> None:
+    assert text_query(query).split() == expected.split()
