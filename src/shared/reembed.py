@@ -235,17 +235,17 @@ def try_switch(session: Session) -> bool:
 
 def progress(session: Session) -> Progress:
     active, state = read_config(session, ACTIVE_SPACE_KEY), read_config(session, REEMBED_KEY)
-    row = session.execute(PROGRESS_SQL, space_params(active, state)).one()
-    return progress_from(active, state, row, dict(session.execute(UNITS_SQL).tuples().all()))
+    row = session.execute(PROGRESS_SQL, _space_params(active, state)).one()
+    return _progress_from(active, state, row, dict(session.execute(UNITS_SQL).tuples().all()))
 
 
-def space_params(active: Any, state: Any) -> dict[str, Any]:
+def _space_params(active: Any, state: Any) -> dict[str, Any]:
     """PROGRESS_SQL's parameters: counted against the re-embed's target, else the active space."""
     target = state.get("target_space") if isinstance(state, dict) else None
     return _params(str(target or active or "fp32"))
 
 
-def progress_from(active: Any, state: Any, row: Any, units: dict[str, int]) -> Progress:
+def _progress_from(active: Any, state: Any, row: Any, units: dict[str, int]) -> Progress:
     state = state if isinstance(state, dict) else {}
     return Progress(
         state=state.get("state", "idle"), active_space=active,

@@ -8,19 +8,12 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
 from shared.dispatch import BACKLOG_SQL
 from shared.models import ApiKey, File, User
-from shared.reembed import (
-    ACTIVE_SPACE_KEY,
-    PROGRESS_SQL,
-    REEMBED_KEY,
-    UNITS_SQL,
-    progress_from,
-    space_params,
-)
+from shared.reembed import progress
 from shared.security import generate_api_key
 from webui.deps import AdminUser, SessionDep
 from webui.errors import ApiError, not_found
@@ -191,9 +184,6 @@ async def backlog(session: SessionDep, _: AdminUser) -> list[BacklogRead]:
                         oldest_pending_at=r.oldest_pending_at) for r in rows]
 
 
-_CONFIG = text("SELECT value FROM app_config WHERE key = :k")
-
-
 class ReembedRead(BaseModel):
     state: str  # idle | running | done | cancelled
     active_space: str | None
@@ -212,8 +202,4 @@ class ReembedRead(BaseModel):
 async def reembed_progress(session: SessionDep, _: AdminUser) -> dict[str, Any]:
     """The background re-embed (README, "Switching the encoder"): state (idle | running |
     done | cancelled), active and target space, chunks and files done / total, units by state."""
-    active, state = await session.scalar(_CONFIG, {"k": ACTIVE_SPACE_KEY}), await session.scalar(
-        _CONFIG, {"k": REEMBED_KEY})
-    row = (await session.execute(PROGRESS_SQL, space_params(active, state))).one()
-    units: dict[str, int] = dict((await session.execute(UNITS_SQL)).tuples().all())
-    return progress_from(active, state, row, units).as_dict()
+    return (await session.run_sync(progress)).as_dict()  # the same reads as `sluice reembed status`
