@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -119,6 +119,10 @@ class Embedder:
     """
 
     backend = "torch"
+    # True for a backend whose vector of a text would depend on its batch mates
+    # (dynamic int8 quantizes activations by the whole batch's range): it runs each
+    # text alone, so a text's vector is the same in any call, query or chunk.
+    runs_texts_alone = False
 
     def __init__(self, path: Path, *, threads: int, device: str = "cpu"):
         self.path = path
@@ -158,6 +162,10 @@ class Embedder:
         )
         return out
 
+    def _run_each(self, items: list[Any]) -> np.ndarray:
+        """Each text's embedding, run alone (batches of one), in order."""
+        return np.concatenate([self._run([item]) for item in items])
+
     @property
     def space(self) -> str:
         return space_of(self.backend)
@@ -171,6 +179,10 @@ class Embedder:
         self.encode(["warm-up"], batch_size=1)
         return time.perf_counter() - started
 
+    def batch_size_for(self, batch_size: int) -> int:
+        """The batch size `encode` really uses when asked for `batch_size`."""
+        return 1 if self.runs_texts_alone else max(batch_size, 1)
+
     def encode_query(self, query: str) -> np.ndarray:
         vector: np.ndarray = self.encode([query], batch_size=1)[0]
         return vector
@@ -180,16 +192,15 @@ class Embedder:
         texts: Sequence[str],
         *,
         batch_size: int,
-        on_batch: Callable[[int, int], None] | None = None,
         group_by_length: bool = True,
     ) -> np.ndarray:
         """Normalised embeddings of `texts`, in their order, computed batch by batch.
 
         Batches are formed from texts of similar token length (longest first), so
         that padding each batch to its longest text wastes little work; the result
-        is put back in input order. `on_batch(done, total)` after each batch counts
-        texts embedded so far. `group_by_length=False` batches in input order (to
-        measure what grouping saves).
+        is put back in input order. `group_by_length=False` batches in input order (to
+        measure what grouping saves). A backend that `runs_texts_alone` uses batches of
+        one whatever `batch_size` says (nothing to pad, nothing to group).
         """
         total = len(texts)
         if total == 0:
@@ -197,16 +208,20 @@ class Embedder:
         started = time.perf_counter()
         items, lengths = self._tokenize(list(texts))
         sizes = np.asarray(lengths, dtype=np.int64)
-        # Stable, so texts of equal length keep their relative order (deterministic batches).
-        order = np.argsort(-sizes, kind="stable") if group_by_length else np.arange(total)
+        batch_size = self.batch_size_for(batch_size)
         out = np.empty((total, self.dim), dtype=np.float32)
-        for start in range(0, total, batch_size):
-            picked = order[start : start + batch_size]
-            out[picked] = self._run([items[i] for i in picked])
-            self.stats.batches += 1
-            self.stats.padded_tokens += int(sizes[picked].max()) * len(picked)
-            if on_batch is not None:
-                on_batch(min(start + batch_size, total), total)
+        if batch_size == 1:  # nothing to pad: the backend may run several texts at once
+            out[:] = self._run_each(items)
+            self.stats.batches += total
+            self.stats.padded_tokens += int(sizes.sum())
+        else:
+            # Stable, so texts of equal length keep their order (deterministic batches).
+            order = np.argsort(-sizes, kind="stable") if group_by_length else np.arange(total)
+            for start in range(0, total, batch_size):
+                picked = order[start : start + batch_size]
+                out[picked] = self._run([items[i] for i in picked])
+                self.stats.batches += 1
+                self.stats.padded_tokens += int(sizes[picked].max()) * len(picked)
         self.stats.texts += total
         self.stats.tokens += int(sizes.sum())
         self.stats.seconds += time.perf_counter() - started

@@ -20,5 +20,4 @@ def load_embedder(settings: Settings, threads: int) -> Embedder:
         return Embedder(path, threads=threads)
     return OnnxEmbedder(
         path, threads=threads, quantized=backend == "onnx-int8", cache_dir=onnx_cache_dir(settings),
-        spin_wait=settings.embed_spin_wait,
     )

@@ -118,7 +118,7 @@ class Settings(BaseSettings):
     # embedded in another space.
     # Default onnx: torch's vectors (same space, so chunks embedded by torch stay
     # searchable), ~15% faster, no torch import; onnx-int8 is ~2x but not the same space.
-    embedding_backend: Literal["torch", "onnx", "onnx-int8"] = "onnx"
+    embedding_backend: Literal["torch", "onnx", "onnx-int8"] = "onnx-int8"
     # A worker whose EMBEDDING_BACKEND is in another space than the active one starts a
     # background re-embed into its space (shared/reembed.py, README "Switching the
     # encoder"); false: only `sluice reembed start` does.
@@ -130,10 +130,6 @@ class Settings(BaseSettings):
     chunk_overlap: int = Field(default=32, ge=0, le=4_096)
     embed_batch_size: int = Field(default=32, ge=1, le=1_024)
     embed_threads: int = Field(default=0, ge=0, le=256, description="0 = from the CPUs given")
-    # onnxruntime's threads spin-wait between operators (its default). On CPUs shared
-    # with other work (the webui, Postgres, a CPU quota) the spinning takes time they
-    # need; `make bench-encoder --layouts 1x2,1x2ns` measures both.
-    embed_spin_wait: bool = True
     # Embedding and storing happen in segments of at most this many chunks, each its own
     # job (loadtests/bench_segments.py measured the per-segment overhead).
     segment_chunks: int = Field(default=256, ge=1, le=100_000)

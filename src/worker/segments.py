@@ -1,12 +1,15 @@
-"""Embed and store segment units: one encode call for all the claimed segments.
+"""Embed and store segment units: the job's segment and those claimed to fill it.
 
-The job's segment and those claimed with it to fill the encoder (`worker.fill`) are
-read in one short transaction, embedded in one `Embedder.encode` call (which groups
-texts of similar length into batches, so across files little is padding), and each
-is stored in its own fenced transaction: a segment whose file was deleted or whose
-lease was lost is skipped quietly, one whose payload or store fails is retried (or
-failed) alone, and the others are stored anyway. Only an encoder failure, which no
-one segment can be blamed for, sends all of them back to the backlog.
+The job's segment and those claimed with it (`worker.fill`) are read in one short
+transaction. An encoder that batches (torch, onnx with EMBED_BATCH_SIZE > 1) gets them
+in one `Embedder.encode` call, which groups texts of similar length into batches, so
+across files little is padding; one that runs texts alone (onnx-int8, or batch size 1)
+pads nothing, so each segment is embedded and stored in turn, in fair order, and its
+file is done without waiting for the rest of the fill. Each segment is stored in its
+own fenced transaction: one whose file was deleted or whose lease was lost is skipped
+quietly, one whose payload or store fails is retried (or failed) alone, and the others
+are stored anyway. Only an encoder failure, which no one segment can be blamed for,
+sends all of those not yet stored back to the backlog.
 
 Stores run after the call, not in a thread overlapping the next sub-batch's
 embedding: storing took ~5% of the embedding time in our runs (e.g. 0.21 s against
@@ -86,26 +89,48 @@ def _run(rt: Runtime, claims: list[Claim], batch: Batch) -> None:
     loaded = _load(rt, claims, batch)
     if not loaded:
         return
-    texts = [t for _, ts, _ in loaded for t in ts]
-    batch.units, batch.chunks = len(loaded), len(texts)
+    batch.units = len(loaded)
+    batch.chunks = sum(len(ts) for _, ts, _ in loaded)
     batch.files = len({c.file_id for c, _, _ in loaded})
     embedder = rt.embedder
     if rt.settings.bench_reload_model_per_job:  # benchmark-only: the seed's per-job reload
         embedder = load_embedder(rt.settings)
+    batch_size = rt.config.embed_batch_size
+    # Batches of one pad nothing, so there is nothing to gain from one call across the
+    # segments: embed and store them one by one, in fair order, and a file is done as soon
+    # as its own chunks are (not when the whole fill is).
+    calls = ([[u] for u in loaded] if embedder.batch_size_for(batch_size) == 1 else [loaded])
+    for n, call in enumerate(calls):
+        err = _embed_and_store(rt, embedder, call, batch)
+        if err is not None:  # the encoder failed: no one segment is to blame, the rest go back
+            for c, _, _ in (u for rest in calls[n:] for u in rest):
+                batch.results[c.unit_id] = record_failure(rt, c, err)
+                rt.let_go(c)
+            break
+    log.info("segment.batch units=%d files=%d chunks=%d calls=%d tokens=%d padded_tokens=%d "
+             "padding=%.3f tokens_per_s=%.0f embed=%.2fs store=%.2fs", batch.units, batch.files,
+             batch.chunks, len(calls), batch.tokens, batch.padded_tokens, batch.padding_ratio,
+             batch.tokens_per_s, batch.embed_s, batch.store_s)
+
+
+def _embed_and_store(rt: Runtime, embedder: Embedder,
+                     call: list[tuple[Claim, list[str], list[int]]], batch: Batch
+                     ) -> Exception | None:
+    """One encode call for `call`'s segments, then each stored in its own transaction;
+    the encoder's error if it failed (then nothing of `call` was stored or let go)."""
+    texts = [t for _, ts, _ in call for t in ts]
     before = dataclasses.replace(embedder.stats)
     t0 = time.perf_counter()
     try:
         vectors = embedder.encode(texts, batch_size=rt.config.embed_batch_size)
-    except Exception as err:  # no one segment is to blame: all go back the normal way
-        for c, _, _ in loaded:
-            batch.results[c.unit_id] = record_failure(rt, c, err)
-            rt.let_go(c)
-        return
-    batch.embed_s = time.perf_counter() - t0
+    except Exception as err:
+        return err
+    batch.embed_s += time.perf_counter() - t0
     used = embedder.stats.minus(before)
-    batch.tokens, batch.padded_tokens = used.tokens, used.padded_tokens
+    batch.tokens += used.tokens
+    batch.padded_tokens += used.padded_tokens
     offset = 0
-    for c, ts, tokens in loaded:
+    for c, ts, tokens in call:
         mine = vectors[offset:offset + len(ts)]
         offset += len(ts)
         t1 = time.perf_counter()
@@ -116,10 +141,7 @@ def _run(rt: Runtime, claims: list[Claim], batch: Batch) -> None:
         finally:
             rt.let_go(c)
             batch.store_s += time.perf_counter() - t1
-    log.info("segment.batch units=%d files=%d chunks=%d tokens=%d padded_tokens=%d padding=%.3f "
-             "tokens_per_s=%.0f embed=%.2fs store=%.2fs", batch.units, batch.files, batch.chunks,
-             batch.tokens, batch.padded_tokens, batch.padding_ratio, batch.tokens_per_s,
-             batch.embed_s, batch.store_s)
+    return None
 
 
 def _load(rt: Runtime, claims: list[Claim], batch: Batch

@@ -1,6 +1,7 @@
-"""Filled encoder batches: a segment's job also claims other ready segments (fair order,
-within EMBED_FILL_CHUNKS and USER_UNITS_IN_FLIGHT) and embeds them in one call; each is
-stored alone, in order, with the vectors it would have had alone."""
+"""Filled encoder calls: a segment's job also claims other ready segments (fair order,
+within EMBED_FILL_CHUNKS and USER_UNITS_IN_FLIGHT). The ONNX backends (texts run alone)
+embed and store them one by one; a batching encoder (torch) embeds them in one call.
+Either way each is stored alone, in order, with the vectors it would have had alone."""
 
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ FAULT_ENV = {
     "JOB_RETRY_DELAY": "1",
     "JOB_MAX_RETRIES": "2",
 }
-_BATCH = re.compile(r"segment\.batch units=(\d+) files=(\d+) chunks=(\d+)")
+_BATCH = re.compile(r"segment\.batch units=(\d+) files=(\d+) chunks=(\d+) calls=(\d+)")
 
 
 # --- the claim itself, against Postgres, no worker running ------------------------------
@@ -179,9 +180,10 @@ def _finished(fs: FaultStack, ids: list[str], timeout: float = 240) -> dict[str,
     return finished
 
 
-def _batches(fs: FaultStack) -> list[tuple[int, int, int]]:
-    logs = "".join(p.log() for p in fs.procs if "worker" in p.argv)
-    return [(int(u), int(f), int(c)) for u, f, c in _BATCH.findall(logs)]
+def _batches(fs: FaultStack, procs: list[Any] | None = None) -> list[tuple[int, int, int, int]]:
+    """(units, files, chunks, encoder calls) of each filled job in the workers' logs."""
+    logs = "".join(p.log() for p in (procs or fs.procs) if "worker" in p.argv)
+    return [(int(u), int(f), int(c), int(k)) for u, f, c, k in _BATCH.findall(logs)]
 
 
 def test_small_files_share_batches_and_keep_order_and_vectors(
@@ -213,8 +215,11 @@ def test_small_files_share_batches_and_keep_order_and_vectors(
                             i=[uuid.UUID(f) for f in texts])
     assert tries == [(1, "done")]
     batches = _batches(fault_stack)
-    assert max(f for _, f, _ in batches) > 1, batches  # batches really were filled across files
-    assert all(c <= FILL for _, _, c in batches), batches  # and never past the budget
+    assert max(f for _, f, _, _ in batches) > 1, batches  # jobs really were filled across files
+    assert all(c <= FILL for _, _, c, _ in batches), batches  # and never past the budget
+    # Texts run alone (onnx-int8, the default): one encode call per segment, each stored
+    # as soon as it is embedded.
+    assert all(k == u for u, _, _, k in batches), batches
 
 
 def test_a_file_deleted_mid_batch_is_skipped_and_the_rest_stored(
@@ -302,3 +307,32 @@ def test_the_fill_can_be_turned_off(fault_stack: FaultStack) -> None:
     small = fault_stack.settings.model_copy(update={"embed_fill_chunks": SEG})
     with _session(fault_stack) as session:
         assert claim_fill(session, own, small, "w") == []
+
+
+def test_a_batching_encoder_embeds_the_fill_in_one_call(
+    fault_stack: FaultStack, web: WebUI
+) -> None:
+    for proc in fault_stack.live_workers():
+        proc.stop()
+    # torch pads its batches, so the fill is one grouped call; it is another space than
+    # the default int8: no automatic re-embed here.
+    torch_worker = fault_stack.start_worker(EMBEDDING_BACKEND="torch", REEMBED_AUTO="false")
+    try:
+        user = fault_stack.user("torch")
+        files = [file_texts(3 + (5 * i) % 11, 1300 + i) for i in range(8)]
+        texts = dict(zip(queue_segments(fault_stack.db, user.id, files, SEG), files, strict=True))
+        wake(fault_stack.rc)
+        assert set(_finished(fault_stack, list(texts)).values()) == {"done"}
+        batches = _batches(fault_stack, [torch_worker])
+        assert batches and all(k == 1 for *_, k in batches), batches
+        assert max(f for _, f, _, _ in batches) > 1, batches
+        embedder = load_embedder(fault_stack.settings.model_copy(
+            update={"embedding_backend": "torch"}), 1)
+        for fid, expected in texts.items():
+            stored = _stored(fault_stack, fid)
+            assert [t for _, t, _, _ in stored] == expected
+            alone = embedder.encode(expected, batch_size=fault_stack.settings.embed_batch_size)
+            assert np.allclose(np.stack([v for *_, v in stored]), alone, atol=1e-5), fid
+    finally:
+        torch_worker.stop()
+        fault_stack.start_worker()
