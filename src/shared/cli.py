@@ -6,9 +6,14 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from typing import TYPE_CHECKING
 
-from shared.logs import configure_logging
-from shared.settings import Settings, SettingsError, get_settings
+# Nothing heavy at import: this module is the `sluice` script's, and every parser child
+# (a multiprocessing forkserver child) runs that script again before it parses a file
+# (Python's forkserver ignores "__main__" in its preload list). Importing pydantic here
+# cost each parsed file ~0.2 s of CPU; `main` imports what a command needs.
+if TYPE_CHECKING:
+    from shared.settings import Settings
 
 log = logging.getLogger("sluice.cli")
 
@@ -265,6 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from shared.logs import configure_logging
+    from shared.settings import SettingsError, get_settings
+
     args = build_parser().parse_args(argv)
     if not getattr(args, "needs_settings", True):
         configure_logging("INFO")

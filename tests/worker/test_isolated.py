@@ -178,3 +178,28 @@ def test_works_in_a_forked_copy_of_the_worker(tmp_path: Path) -> None:
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     assert parse(path, "a.txt").text == "from the horse"
+
+
+def test_a_child_of_the_sluice_script_does_not_import_the_app(tmp_path: Path) -> None:
+    """Every forkserver child runs the parent's main script again before its target (Python
+    ignores "__main__" in the forkserver's preload list). In a worker that script is
+    `sluice`'s, so `shared.cli` must import nothing heavy: pydantic there cost each parsed
+    file ~0.2 s of CPU."""
+    script = tmp_path / "sluice_like.py"
+    script.write_text(
+        "import sys\n"
+        "from shared.cli import main  # what the `sluice` console script does\n"
+        "if __name__ == '__main__':\n"
+        "    from worker.pipeline.isolated import _run_child, start_parser_server\n"
+        "    start_parser_server()\n"
+        "    probe = \"sorted(m for m in ('pydantic', 'sqlalchemy', 'shared.settings', "
+        "'shared.cli') if m in __import__('sys').modules)\"\n"
+        "    print(_run_child(eval, (probe,), timeout_s=20, memory_mb=1024))\n"
+    )
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                         timeout=120, check=True).stdout.strip()
+    # shared.cli was run again (as the child's __mp_main__), and pulled in nothing heavy.
+    assert out == "['shared.cli']", out
