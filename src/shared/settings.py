@@ -134,11 +134,11 @@ class Settings(BaseSettings):
     # job (loadtests/bench_segments.py measured the per-segment overhead).
     segment_chunks: int = Field(default=256, ge=1, le=100_000)
     # A worker running a segment also claims other ready segments (any file, any owner,
-    # in the dispatcher's fair order) up to this many chunks in all, and embeds them in
-    # one call: batches fill up across files, so little is padding. 0 = one unit per job.
-    # 256: on the `make compare` burst (one worker, 100 files) 256 finished in 255.5 s at
-    # 72 ms CPU per chunk, 64 in 300.8 s at 86 ms; but no file of a call is stored before
-    # the whole call is embedded, so the first file came at 10.9 s with 256, 5.0 s with 64.
+    # in the dispatcher's fair order) up to this many chunks in all: fewer jobs, and for
+    # torch one call whose batches fill up across files. 0 = one unit per job. The ONNX
+    # backends embed and store the claimed segments one by one, so a file is stored as
+    # soon as its own chunks are. `make compare` (onnx-int8, one worker): 256 → 102.0 s,
+    # 64 → 100.6 s, 0 → 108.8 s; parses run ahead by a quarter of this (dispatch.py).
     embed_fill_chunks: int = Field(default=256, ge=0, le=100_000)
     # A file whose text makes more chunks fails at once, before any embedding.
     max_chunks_per_file: int = Field(default=60_000, ge=1, le=10_000_000)
