@@ -8,7 +8,7 @@ WEBUI ?= 1
 PORT ?= 8000
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install lock system-deps run test check bench bench-encoder eval compare owui-proof loadtest burst clean
+.PHONY: install lock system-deps run test check bench bench-encoder bench-lanes eval compare owui-proof loadtest burst clean
 
 # torch: installed first, alone (--no-deps) and pinned; it is not in the hashed lock
 # files. PyPI's torch 2.13.0 for Linux x86_64 is the CUDA build (other hashes, ~15
@@ -70,6 +70,10 @@ bench: install
 # The encoder alone: backend x (processes x threads), several rounds, medians, load recorded.
 bench-encoder: install
 	$(PY) loadtests/bench_encoder.py
+
+# The ONNX runner: padded batches on intra-op threads (before) vs each text alone on lanes.
+bench-lanes: install
+	$(PY) loadtests/bench_lanes.py
 
 # Retrieval quality (recall@10, MRR, HNSW vs exact) per EMBEDDING_BACKEND.
 eval: install

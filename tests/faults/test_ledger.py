@@ -61,7 +61,9 @@ def _specs(rng: random.Random) -> list[Spec]:
     specs = []
     for i in range(UPLOADS):
         nonce = uuid.UUID(int=rng.getrandbits(128)).hex
-        pause = rng.uniform(0.0, 0.4)
+        # Uploads arrive over ~25 s, the kill window: a small file is processed in
+        # well under a second, so a burst over sooner left no busy worker to kill.
+        pause = rng.uniform(0.1, 0.9)
         if i in to_fail and rng.random() < 0.5:  # an executable dressed up as a PDF
             specs.append(Spec(f"f{i}.pdf", b"MZ\x90\x00" + bytes.fromhex(nonce) * 64, True, pause))
         elif i in to_fail:  # a real PDF with no text in it
