@@ -18,7 +18,7 @@ onnx, onnx-int8), in one run, on the same chunks:
   stopped before the next backend starts (the raw runs happen with no stack up).
   The files are uploaded while RQ is suspended, then released together: many
   files queued at once, so the worker fills its encode calls across files
-  (EMBED_FILL_CHUNKS; `--fill-chunks 0` for one segment per call). Its padding
+  (EMBED_FILL_CHUNKS; `--fill-chunks 0` for one segment per job). Its padding
   ratio and tokens/s (embedding time only) are summed from the worker's
   `segment.batch` log lines, with the segments per encode call.
 
@@ -66,7 +66,7 @@ from shared.settings import Settings
 
 log = logging.getLogger("loadtest.bench")
 _PARSED = re.compile(r"file\.parsed .* parse=([\d.]+)s chunk=([\d.]+)s")
-_BATCH = re.compile(r"segment\.batch units=(\d+) files=\d+ chunks=\d+ tokens=(\d+) "
+_BATCH = re.compile(r"segment\.batch units=(\d+) files=\d+ chunks=\d+ calls=(\d+) tokens=(\d+) "
                     r"padded_tokens=(\d+) .* embed=([\d.]+)s store=([\d.]+)s")
 
 
@@ -184,16 +184,17 @@ def e2e_rate(backend: str, servers: Servers, root: Path, files: list[tuple[str, 
         for m in _PARSED.finditer(log_text):
             stages["parse"] += float(m.group(1))
             stages["chunk"] += float(m.group(2))
-        calls = units = real = padded = 0
+        jobs = calls = units = real = padded = 0
         for m in _BATCH.finditer(log_text):
-            calls, units = calls + 1, units + int(m.group(1))
-            real, padded = real + int(m.group(2)), padded + int(m.group(3))
-            stages["embed"] += float(m.group(4))
-            stages["store"] += float(m.group(5))
+            jobs, units, calls = jobs + 1, units + int(m.group(1)), calls + int(m.group(2))
+            real, padded = real + int(m.group(3)), padded + int(m.group(4))
+            stages["embed"] += float(m.group(5))
+            stages["store"] += float(m.group(6))
         return {"chunks_per_s": chunks / elapsed, "tokens_per_s": tokens / elapsed,
                 "padding": padded / real if real else 1.0,
                 "embed_tokens_per_s": real / stages["embed"] if stages["embed"] else 0.0,
                 "units_per_call": units / calls if calls else 0.0,
+                "units_per_job": units / jobs if jobs else 0.0,
                 "seconds": elapsed, "upload_s": uploaded,
                 "chunks": chunks, "worker_threads": int(facts.get(b"embed_threads", 0)),
                 "worker_backend": facts.get(b"embedding_backend", b"").decode(),
@@ -261,7 +262,8 @@ def main() -> None:
                           f"{st['chunk']:.1f} embed {st['embed']:.1f} store {st['store']:.1f} s; "
                           f"encode calls: padding {e2e['padding']:.3f}, "
                           f"{e2e['embed_tokens_per_s']:.0f} tokens/s, "
-                          f"{e2e['units_per_call']:.1f} segments per call; "
+                          f"{e2e['units_per_job']:.1f} segments per job, "
+                          f"{e2e['units_per_call']:.1f} per encode call; "
                           f"other work used {e2e['other_cores']:.2f} cores, load avg "
                           f"{e2e['loadavg_1m']:.1f})", flush=True)
         finally:
