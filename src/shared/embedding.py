@@ -119,9 +119,10 @@ class Embedder:
     """
 
     backend = "torch"
-    # True for a backend whose vector of a text would depend on its batch mates
-    # (dynamic int8 quantizes activations by the whole batch's range): it runs each
-    # text alone, so a text's vector is the same in any call, query or chunk.
+    # True for a backend that runs each text alone, whatever batch size it is asked for
+    # (the ONNX backends: faster on CPUs, and for int8, whose dynamic quantization scales
+    # activations by the whole batch's range, the only way a text's vector is the same in
+    # any call, query or chunk).
     runs_texts_alone = False
 
     def __init__(self, path: Path, *, threads: int, device: str = "cpu"):

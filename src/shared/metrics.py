@@ -219,18 +219,19 @@ class JobMetrics:
             "Time from a job's enqueue (upload, retry or re-enqueue) to its start.",
             buckets=QUEUE_WAIT_BUCKETS, registry=registry,
         )
-        # Per encode call of the worker (a segment and those claimed to fill its batches).
+        # Per segment job of the worker (a segment and those claimed to fill it): one encode
+        # call for torch, one per segment for the ONNX backends (texts alone, no padding).
         self.embed_padding = Histogram(
             "sluice_embed_padding_ratio",
             "Tokens the model computed (each batch padded to its longest text) / real tokens, "
-            "per encode call.", buckets=PADDING_BUCKETS, registry=registry,
+            "per segment job.", buckets=PADDING_BUCKETS, registry=registry,
         )
         self.embed_rate = Histogram(
-            "sluice_embed_tokens_per_second", "Real tokens embedded per second, per encode call.",
+            "sluice_embed_tokens_per_second", "Real tokens embedded per second, per segment job.",
             buckets=TOKENS_PER_S_BUCKETS, registry=registry,
         )
         self.embed_units = Histogram(
-            "sluice_embed_call_units", "Segment units embedded together in one encode call.",
+            "sluice_embed_call_units", "Segment units embedded in one job (one filled call).",
             buckets=CALL_UNITS_BUCKETS, registry=registry,
         )
         self.embed_tokens = Counter(

@@ -116,8 +116,9 @@ class Settings(BaseSettings):
     # Same model files, three runtimes (see shared/embedding.py and the README's
     # "Embedding backends"): worker and webui must agree; search refuses chunks
     # embedded in another space.
-    # Default onnx: torch's vectors (same space, so chunks embedded by torch stay
-    # searchable), ~15% faster, no torch import; onnx-int8 is ~2x but not the same space.
+    # Default onnx-int8: ~2x onnx's rate, each text run alone so its vector never depends
+    # on its batch; recall@10 as fp32, MRR@10 -2.2 % on the default (hybrid) search (README
+    # "Embedding backends"). onnx gives torch's own vectors (the other, fp32, space).
     embedding_backend: Literal["torch", "onnx", "onnx-int8"] = "onnx-int8"
     # A worker whose EMBEDDING_BACKEND is in another space than the active one starts a
     # background re-embed into its space (shared/reembed.py, README "Switching the

@@ -1,13 +1,12 @@
-"""Fill the encoder: with a segment, claim other ready segments to embed in the same call.
+"""Fill a job: with a segment, claim other ready segments to embed in the same job.
 
 Every job costs a round of RQ, claim and dispatch work (on the `make compare` burst,
 one job per segment took 7 % longer than filled jobs), and a batching encoder (torch)
 pads a small file's lone batch to its longest text. So a worker that claimed a segment
-also claims pending,
-due segments of any file and owner, in the dispatcher's fair order and within
-USER_UNITS_IN_FLIGHT (`shared.dispatch.fair_picks`, under the dispatch lock, so no
-pass or other fill picks the same units meanwhile), until EMBED_FILL_CHUNKS chunks in
-all. Each goes `pending` → `running` with attempt + 1, a lease and this worker's name:
+also claims pending, due segments of any file and owner, in the dispatcher's fair order
+and within USER_UNITS_IN_FLIGHT (`shared.dispatch.fair_picks`, under the dispatch lock,
+so no pass or other fill picks the same units meanwhile), until EMBED_FILL_CHUNKS chunks
+in all. Each goes `pending` → `running` with attempt + 1, a lease and this worker's name:
 the state a delivered and claimed unit is in, so the heartbeat renews it, the
 reconciler recovers it if this worker dies, and `shared.work.fence` guards its write.
 """

@@ -1,10 +1,10 @@
 """Embed and store segment units: the job's segment and those claimed to fill it.
 
 The job's segment and those claimed with it (`worker.fill`) are read in one short
-transaction. An encoder that batches (torch, onnx with EMBED_BATCH_SIZE > 1) gets them
-in one `Embedder.encode` call, which groups texts of similar length into batches, so
-across files little is padding; one that runs texts alone (onnx-int8, or batch size 1)
-pads nothing, so each segment is embedded and stored in turn, in fair order, and its
+transaction. An encoder that batches (torch) gets them in one `Embedder.encode` call,
+which groups texts of similar length into batches, so across files little is padding;
+one that runs texts alone (the ONNX backends, or torch with EMBED_BATCH_SIZE=1) pads
+nothing, so each segment is embedded and stored in turn, in fair order, and its
 file is done without waiting for the rest of the fill. Each segment is stored in its
 own fenced transaction: one whose file was deleted or whose lease was lost is skipped
 quietly, one whose payload or store fails is retried (or failed) alone, and the others
