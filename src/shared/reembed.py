@@ -234,7 +234,11 @@ def try_switch(session: Session) -> bool:
 
 
 def progress(session: Session) -> Progress:
-    active, state = read_config(session, ACTIVE_SPACE_KEY), read_config(session, REEMBED_KEY)
+    # Both keys in one statement: read one after the other (READ COMMITTED), a switch
+    # committing in between gave "done into fp32" with the old active space, int8.
+    config: dict[str, Any] = dict(session.execute(select(AppConfig.key, AppConfig.value).where(
+        AppConfig.key.in_((ACTIVE_SPACE_KEY, REEMBED_KEY)))).tuples().all())
+    active, state = config.get(ACTIVE_SPACE_KEY), config.get(REEMBED_KEY)
     row = session.execute(PROGRESS_SQL, _space_params(active, state)).one()
     return _progress_from(active, state, row, dict(session.execute(UNITS_SQL).tuples().all()))
 
