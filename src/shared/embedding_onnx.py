@@ -306,13 +306,14 @@ def _check(model_dir: Path, graph: Path, ref: np.ndarray, *, quantized: bool) ->
 class OnnxEmbedder(Embedder):
     """The `onnx` / `onnx-int8` backend behind the `Embedder` interface."""
 
+    # Each text runs alone, `threads` at once on one-thread runs (lanes; see OnnxRunner).
+    # For int8 that is also what makes a vector exact: dynamic quantization scales a run's
+    # activations by the whole batch's range, so batched, a text's vector moved with its
+    # batch mates (cosine 0.985 to it alone).
+    runs_texts_alone = True
+
     def __init__(self, path: Path, *, threads: int, quantized: bool, cache_dir: Path):
         self.backend = "onnx-int8" if quantized else "onnx"
-        # Each text runs alone, `threads` at once on one-thread runs (lanes; see
-        # OnnxRunner). For int8 that is also what makes a vector exact: dynamic
-        # quantization scales a run's activations by the whole batch's range, so batched,
-        # a text's vector moved with its batch mates (cosine 0.985 to it alone).
-        self.runs_texts_alone = True
         self.quantized = quantized
         self.cache_dir = cache_dir
         super().__init__(path, threads=threads)

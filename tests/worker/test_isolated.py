@@ -12,6 +12,8 @@ import multiprocessing
 import operator
 import os
 import signal
+import subprocess
+import sys
 import time
 import zipfile
 from collections.abc import Iterator
@@ -196,9 +198,6 @@ def test_a_child_of_the_sluice_script_does_not_import_the_app(tmp_path: Path) ->
         "'shared.cli') if m in __import__('sys').modules)\"\n"
         "    print(_run_child(eval, (probe,), timeout_s=20, memory_mb=1024))\n"
     )
-    import subprocess
-    import sys
-
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
                          timeout=120, check=True).stdout.strip()
     # shared.cli was run again (as the child's __mp_main__), and pulled in nothing heavy.
