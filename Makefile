@@ -3,7 +3,11 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-WORKERS ?= 1
+# Two worker processes share the CPUs (each embeds on half of them): one's parsing,
+# chunking and storing overlap the other's embedding (README, "Against Open WebUI").
+WORKERS ?= 2
+# `make burst` keeps the seed setup's shape (one webui, one worker) to compare with it.
+BURST_WORKERS ?= 1
 WEBUI ?= 1
 PORT ?= 8000
 export HF_HUB_OFFLINE := 1
@@ -93,7 +97,7 @@ loadtest: install
 # The seed's burst: 100 users, one document each, at once; prediction beside measurement.
 # Full length (tens of minutes); not in `make test`. BURST_ARGS="--webui 2 --setup seed --setup sluice"
 burst: install
-	$(PY) loadtests/seed_burst.py --workers $(WORKERS) $(BURST_ARGS)
+	$(PY) loadtests/seed_burst.py --workers $(BURST_WORKERS) $(BURST_ARGS)
 
 clean:
 	rm -rf $(VENV) .sluice .pytest_cache

@@ -10,8 +10,8 @@ ours running:
 - Open WebUI (owui.py): its own venv, its defaults, in-process
   sentence-transformers on the same all-MiniLM-L6-v2 files, pgvector, offline.
   Upload `POST /api/v1/files/`; processed = `file.data.status` `completed`.
-- Sluice: `sluice webui` + `--workers` workers (loadtests/stack.py, as `sluice up`
-  runs them) with its defaults, except the per-user upload limits lifted so one
+- Sluice: `sluice webui` + `--workers` workers (default 2; loadtests/stack.py, as
+  `sluice up` runs them) with its defaults, except the per-user upload limits lifted so one
   user may upload N files at once (UPLOADS_IN_FLIGHT_PER_USER,
   RATE_LIMIT_PER_MINUTE). Processed = `files.status` `done`.
 
@@ -22,9 +22,10 @@ file's status is checked once through each system's HTTP API. Printed side by
 side, with ratios: all processed, first / median / p95 file done, chunks and
 tokens stored, chunks/s, CPU per chunk of the app's processes (and of
 Postgres), peak memory of the app's processes, the load average and the cores
-other work used meanwhile. Written to loadtests/reports/compare-<time>/.
+other work used meanwhile. Written to loadtests/reports/compare-<time>/, with
+Sluice's logs (sluice-logs/).
 
-    .venv/bin/python loadtests/compare_owui.py [--quick] [--files 100] [--workers 1]
+    .venv/bin/python loadtests/compare_owui.py [--quick] [--files 100] [--workers 2]
         [--sluice-env EMBEDDING_BACKEND=onnx-int8] [--only owui|sluice]
 """
 
@@ -34,6 +35,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import sys
 import tempfile
 import time
@@ -130,7 +132,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--files", type=int, default=100)
     p.add_argument("--quick", action="store_true", help="10 files: check the harness end to end")
-    p.add_argument("--workers", type=int, default=1, help="Sluice workers")
+    p.add_argument("--workers", type=int, default=2,
+                   help="Sluice workers (default 2, as `sluice up` and `make run` start)")
     p.add_argument("--sluice-env", action="append", default=[], metavar="NAME=VALUE")
     p.add_argument("--only", choices=("owui", "sluice"))
     p.add_argument("--report", type=Path, help="folder (default loadtests/reports/compare-<time>)")
@@ -142,6 +145,8 @@ def main() -> None:
           f"{os.getloadavg()}", flush=True)
     interrupt_on_sigterm()  # Ctrl-C or SIGTERM: the finally blocks stop what we started
     results: list[BurstResult] = []
+    folder = args.report or REPORTS / time.strftime("compare-%Y%m%d-%H%M%S")
+    folder.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="sluice-compare-") as tmp:
         root = Path(tmp)
         os.chmod(root, 0o755)  # the embedded server may run as another user
@@ -154,10 +159,10 @@ def main() -> None:
                 results.append(run_sluice(servers, root, files, args.workers, overrides))
         finally:
             servers.stop()
+            if (root / "sluice" / "logs").is_dir():  # the webui's and workers' own account
+                shutil.copytree(root / "sluice" / "logs", folder / "sluice-logs")
     text = render(results, n)
     print("\n" + text)
-    folder = args.report or REPORTS / time.strftime("compare-%Y%m%d-%H%M%S")
-    folder.mkdir(parents=True, exist_ok=True)
     (folder / "report.md").write_text(text)
     (folder / "results.json").write_text(json.dumps([r.as_dict() for r in results], indent=1))
     print(f"report: {folder / 'report.md'}")

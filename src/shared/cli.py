@@ -186,7 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True)
 
     up = sub.add_parser("up", help="run everything locally on embedded Postgres and Redis")
-    up.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    up.add_argument("--workers", type=int, default=2,
+                    help="worker processes sharing this machine's CPUs (default 2: one's parsing, "
+                    "chunking and storing overlap the other's embedding)")
     up.add_argument("--webui", type=int, default=1,
                     help="webui processes (default 1); more than one sit behind a round-robin "
                     "front on --port")

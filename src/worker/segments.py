@@ -11,10 +11,12 @@ quietly, one whose payload or store fails is retried (or failed) alone, and the 
 are stored anyway. Only an encoder failure, which no one segment can be blamed for,
 sends all of those not yet stored back to the backlog.
 
-Stores run after the call, not in a thread overlapping the next sub-batch's
-embedding: storing took ~5% of the embedding time in our runs (e.g. 0.21 s against
-4.04 s for 96 chunks), so overlap could save at most that, while taking CPU from
-the embedding (and from Postgres, on the same cores in small setups).
+Stores run after the call, not in a thread overlapping the next segment's
+embedding: storing took 5-11% of the embedding time (0.21 s against 4.04 s for
+96 chunks; 8.9 s against 82.5 s on the `make compare` burst, mostly Postgres
+inserting into the HNSW index), and a thread would take its CPU from the lanes.
+Two worker processes sharing the CPUs overlap one's storing, parsing and chunking
+with the other's embedding without any of that (`sluice up` starts two).
 """
 
 from __future__ import annotations

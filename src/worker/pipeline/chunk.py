@@ -7,12 +7,13 @@ truncates past 256 tokens, so a longer chunk would lose text from the index).
 
 Counting is most of the cost: the splitter measures ~6 candidate texts per chunk
 it makes, and tokenizing a 1 KB candidate takes ~0.5 ms here, so chunking took
-~2.7 ms of CPU per chunk, a tenth of all the CPU a burst needs. For a BERT-style
+~3.2 ms of CPU per chunk, a tenth of all the CPU a burst needs. For a BERT-style
 tokenizer a text's token count is the sum of its pieces' counts when it is cut at
 ASCII spaces, tabs and line breaks (the normalizer works character by character,
 the pre-tokenizer splits there and WordPiece runs on each word), so `PieceCounter`
-tokenizes each distinct piece once and adds cached counts: the same chunks, ~8x
-less CPU. Any other tokenizer is measured whole, as before.
+tokenizes each distinct piece once and adds cached counts: the same chunks for
+~0.45 ms per chunk (the `make compare` Markdown). Any other tokenizer is measured
+whole, as before.
 """
 
 from __future__ import annotations
