@@ -72,13 +72,21 @@ def model_name(path: Path) -> str:
 
 
 def embed_threads(settings: Settings, processes_sharing_cpus: int = 1) -> int:
-    """Intra-op threads: EMBED_THREADS, else the CPUs given ÷ processes sharing them.
+    """torch's intra-op threads or the ONNX backends' lanes: EMBED_THREADS, else from the
+    CPUs given.
 
-    More threads than free cores cut torch's throughput by more than 10× on a
-    2-core machine (see README), so never ask for more than we were given.
+    torch's threads wait for each other: more of them than free cores cut its throughput
+    by more than 10× on a 2-core machine (see README), so processes sharing the CPUs
+    divide them. ONNX lanes are one-thread runs that never wait for each other, so each
+    worker gets one per CPU: a lone file embeds on the whole machine (one file, two
+    workers on 2 cores: 0.86-0.99 s to done, against 1.25-1.34 s with a lane each), and
+    when both workers embed the OS shares the cores (the `make compare` burst: 90.3-94.1 s
+    against 90.5-93.6 s with a lane each).
     """
     if settings.embed_threads > 0:
         return settings.embed_threads
+    if settings.embedding_backend != "torch":
+        return max(1, int(cpu_quota()))
     return max(1, int(cpu_quota() // max(processes_sharing_cpus, 1)))
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from shared import embedding
 from shared.settings import SettingsError, load_settings
 
 
@@ -42,3 +43,17 @@ def test_bad_value_names_its_variable(
 def test_overlap_must_be_smaller_than_chunk_size() -> None:
     with pytest.raises(SettingsError, match="CHUNK_OVERLAP"):
         load_settings(chunk_size=64, chunk_overlap=64)
+
+
+@pytest.mark.parametrize(("backend", "sharing", "expected"), [
+    ("torch", 1, 4), ("torch", 2, 2), ("torch", 8, 1),  # threads that wait for each other
+    ("onnx", 2, 4), ("onnx-int8", 2, 4), ("onnx-int8", 8, 4),  # lanes: one per CPU each
+])
+def test_workers_sharing_the_cpus_divide_torch_threads_not_onnx_lanes(
+    monkeypatch: pytest.MonkeyPatch, backend: str, sharing: int, expected: int
+) -> None:
+    monkeypatch.setattr(embedding, "cpu_quota", lambda: 4.0)
+    settings = load_settings(embedding_backend=backend, embed_threads=0)
+    assert embedding.embed_threads(settings, sharing) == expected
+    assert embedding.embed_threads(load_settings(embedding_backend=backend, embed_threads=3),
+                                   sharing) == 3  # EMBED_THREADS wins
