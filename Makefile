@@ -3,8 +3,8 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-# Two worker processes share the CPUs (each embeds on half of them): one's parsing,
-# chunking and storing overlap the other's embedding (README, "Against Open WebUI").
+# Two worker processes share the CPUs: one's parsing, chunking and storing overlap the
+# other's embedding (README, "Two workers, each with a lane per CPU").
 WORKERS ?= 2
 # `make burst` keeps the seed setup's shape (one webui, one worker) to compare with it.
 BURST_WORKERS ?= 1

@@ -9,13 +9,19 @@ so no pass or other fill picks the same units meanwhile), until EMBED_FILL_CHUNK
 in all. Each goes `pending` → `running` with attempt + 1, a lease and this worker's name:
 the state a delivered and claimed unit is in, so the heartbeat renews it, the
 reconciler recovers it if this worker dies, and `shared.work.fence` guards its write.
+
+A parse job that finds no segment dispatched or running anywhere claims ready segments
+the same way, up to EMBED_FILL_CHUNKS, once its file is planned (`worker.jobs`): the first
+file after a quiet spell starts embedding at once, not behind the parses already waiting
+in RQ (on the `make compare` burst with two workers those held it back ~0.5 s). While
+anything is embedding, parses stay parses, so they keep running ahead and fills stay full.
 """
 
 from __future__ import annotations
 
 import logging
 
-from sqlalchemy import func, select, update
+from sqlalchemy import exists, func, select, update
 from sqlalchemy.orm import Session
 
 from shared.dispatch import DISPATCH_LOCK, fair_picks, take_turns
@@ -34,12 +40,23 @@ def fill_budget(c: Claim, settings: Settings) -> int:
 
 
 def claim_fill(session: Session, c: Claim, settings: Settings, worker: str) -> list[Claim]:
-    """Claim ready segments of at most `fill_budget(c)` chunks in all; commits.
+    """Claim ready segments of at most `fill_budget(c)` chunks in all; commits."""
+    return claim_ready(session, settings, worker, fill_budget(c, settings))
+
+
+def fleet_is_embedding(session: Session) -> bool:
+    """Whether any segment is dispatched or running, anywhere in the fleet."""
+    return bool(session.scalar(select(exists().where(
+        WorkUnit.kind == UnitKind.segment.value,
+        WorkUnit.state.in_([UnitState.dispatched.value, UnitState.running.value])))))
+
+
+def claim_ready(session: Session, settings: Settings, worker: str, budget: int) -> list[Claim]:
+    """Claim ready segments of at most `budget` chunks in all; commits.
 
     Picks in fair order and skips a unit that does not fit in what is left of the
     budget (it waits for the dispatcher or a later fill), so the batch stays bounded.
     """
-    budget = fill_budget(c, settings)
     if budget <= 0:
         return []
     # Blocks for at most one dispatch pass (milliseconds). Taken before any row lock,

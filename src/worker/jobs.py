@@ -2,7 +2,8 @@
 
 Claim the unit in Postgres (compare-and-set; a stale, duplicate or late delivery,
 or one for a deleted or finished file, claims nothing and returns quietly). A
-segment also claims other ready segments to fill the encoder (`worker.fill`). Hold
+segment also claims other ready segments to fill the encoder (`worker.fill`); a parse
+that finds nothing embedding anywhere goes on to claim ready segments itself. Hold
 them all while the heartbeat renews their leases, run them (`worker.units`,
 `worker.segments`), and on an error record the outcome in Postgres through the same
 fence (`worker.failure`): a rejection fails the file at once; anything else goes
@@ -22,7 +23,7 @@ from redis.exceptions import RedisError
 from shared.models import UnitKind
 from shared.work import Claim, claim, wake
 from worker.failure import record_failure
-from worker.fill import claim_fill, fill_budget
+from worker.fill import claim_fill, claim_ready, fill_budget, fleet_is_embedding
 from worker.reembed import run_reembed
 from worker.runtime import Runtime, get_runtime
 from worker.segments import run_segments
@@ -49,6 +50,9 @@ def run_unit(unit_id: int, attempt: int) -> dict[str, Any]:
             result = run(rt, c)
             if result["outcome"] == "done":
                 rt.counters["units_done"] += 1
+                if c.kind == UnitKind.parse.value and (ready := _go_on(rt, c)):
+                    rt.hold(ready)
+                    result["continued"] = _segments(rt, ready)["units"]
             return result
         return _segments(rt, claims)
     except Exception as err:
@@ -69,6 +73,29 @@ def _fill(rt: Runtime, c: Claim) -> list[Claim]:
     except Exception as err:
         log.warning("segment.fill_failed unit=%s error=%s", c.unit_id, err)
         return []
+
+
+def _go_on(rt: Runtime, parsed: Claim) -> list[Claim]:
+    """After a parse: if no segment is dispatched or running anywhere, ready segments
+    (fair order, EMBED_FILL_CHUNKS) to embed in this job, so the first file after a quiet
+    spell does not wait behind the parses already in RQ; none otherwise, or if that fails
+    (the dispatcher sends them)."""
+    budget = rt.settings.embed_fill_chunks
+    if budget <= 0:
+        return []
+    try:
+        with rt.session_factory() as session:
+            if fleet_is_embedding(session):
+                return []
+            session.rollback()  # the claim takes the dispatch lock in a fresh transaction
+            claims = claim_ready(session, rt.settings, rt.name, budget)
+    except Exception as err:
+        log.warning("parse.go_on_failed unit=%s error=%s", parsed.unit_id, err)
+        return []
+    if claims:
+        log.info("parse.go_on unit=%s file_id=%s segments=%d files=%d", parsed.unit_id,
+                 parsed.file_id, len(claims), len({c.file_id for c in claims}))
+    return claims
 
 
 def _segments(rt: Runtime, claims: list[Claim]) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 import threading
 import uuid
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -20,10 +21,11 @@ from shared.dispatch import fair_picks
 from shared.encoders import load_embedder
 from shared.settings import Settings
 from shared.work import Claim, claim, wake
-from tests.faults.stack import FaultStack, WebUI
-from tests.support.helpers import wait_until
+from tests.faults.stack import FaultStack, WebUI, long_text
+from tests.support.helpers import upload, wait_for_status, wait_until
 from tests.support.segments import file_texts, queue_segments
 from tests.support.stack import insert_file
+from worker import jobs
 from worker.fill import claim_fill
 
 FILL = 96
@@ -152,6 +154,39 @@ def test_parses_run_ahead_until_a_fill_worth_of_chunks_is_ready(fault_stack: Fau
         assert first(0) == segment  # no fill, no lookahead
     finally:
         _forget(fault_stack, [(user.id, [])])
+
+
+def test_a_parse_goes_on_to_ready_segments_only_when_nothing_is_embedding(
+    fault_stack: FaultStack
+) -> None:
+    assert not fault_stack.live_workers()  # these tests claim by hand
+    owners = _owners(fault_stack, 2, 3)
+    rt: Any = SimpleNamespace(settings=fault_stack.settings, name="w-go-on",
+                              session_factory=sync_session_factory(fault_stack.db))
+    parsed = Claim(0, 1, uuid.UUID(owners[0][1][0]), uuid.UUID(owners[0][0]), "parse", 0, 0, 0, 1)
+
+    def running() -> list[tuple[str, str]]:
+        return fault_stack.sql("SELECT file_id::text, worker FROM work_units WHERE state = "
+                               "'running' AND owner_id = ANY(:o) ORDER BY id",
+                               o=[uuid.UUID(o) for o, _ in owners])
+    try:
+        other = _claim_one(fault_stack, owners[1][1][0], "w-other")
+        # Another worker is embedding: the parse stays a parse, its file waits its turn.
+        assert jobs._go_on(rt, parsed) == []
+        assert running() == [(owners[1][1][0], "w-other")]
+        with fault_stack.db.begin() as conn:  # that call ends: nothing is embedding now
+            conn.execute(text("UPDATE work_units SET state = 'done' WHERE id = :u"),
+                         {"u": other.unit_id})
+        went_on = jobs._go_on(rt, parsed)
+        # Ready segments in fair order within the fill's budget: the first of each owner's
+        # oldest file first, claimed for this worker (leased, as a delivered unit would be).
+        assert went_on and all(c.kind == "segment" for c in went_on)
+        assert sum(c.chunk_end - c.chunk_start for c in went_on) <= FILL
+        assert {str(c.file_id) for c in went_on[:2]} == {owners[0][1][0], owners[1][1][1]}
+        assert running() == [(str(c.file_id), "w-go-on") for c in
+                             sorted(went_on, key=lambda c: c.unit_id)]
+    finally:
+        _forget(fault_stack, owners)
 
 
 # --- a real worker ------------------------------------------------------------------------
@@ -297,6 +332,24 @@ def test_two_filling_workers_store_every_unit_once(fault_stack: FaultStack, web:
     takers = fault_stack.sql("SELECT DISTINCT worker FROM work_units WHERE file_id = ANY(:i)",
                              i=[uuid.UUID(f) for f in ids])
     assert len(takers) == 2, takers
+
+
+def test_the_first_file_after_a_quiet_spell_is_embedded_by_its_parse_job(
+    fault_stack: FaultStack, web: WebUI
+) -> None:
+    wait_until(lambda: not fault_stack.sql(
+        "SELECT 1 FROM work_units WHERE state IN ('dispatched', 'running')"), 60,
+        "the fleet to be quiet", 0.2)
+    user = fault_stack.user("go-on")
+    with fault_stack.client(user, web) as client:
+        fid = upload(client, "first.txt", long_text(3, "go on"), "text/plain").json()["id"]
+        wait_for_status(client, fid, {"done"})
+    logs = "".join(p.log() for p in fault_stack.procs if "worker" in p.argv)
+    assert re.search(rf"parse\.go_on unit=\d+ file_id={fid} segments=1 files=1", logs), logs[-3000:]
+    units = fault_stack.sql("SELECT kind, state, tries FROM work_units WHERE file_id = :f "
+                            "ORDER BY kind", f=uuid.UUID(fid))
+    assert units == [("parse", "done", 1), ("segment", "done", 1)]
+    assert fault_stack.chunk_facts(fid)[0] > 0
 
 
 def test_the_fill_can_be_turned_off(fault_stack: FaultStack) -> None:
