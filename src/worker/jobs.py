@@ -19,6 +19,7 @@ from collections import Counter
 from typing import Any
 
 from redis.exceptions import RedisError
+from rq.suspension import is_suspended
 
 from shared.models import UnitKind
 from shared.work import Claim, claim, wake
@@ -52,7 +53,7 @@ def run_unit(unit_id: int, attempt: int) -> dict[str, Any]:
                 rt.counters["units_done"] += 1
                 if c.kind == UnitKind.parse.value and (ready := _go_on(rt, c)):
                     rt.hold(ready)
-                    result["continued"] = _segments(rt, ready)["units"]
+                    result = _went_on(result, _segments(rt, ready))
             return result
         return _segments(rt, claims)
     except Exception as err:
@@ -78,12 +79,14 @@ def _fill(rt: Runtime, c: Claim) -> list[Claim]:
 def _go_on(rt: Runtime, parsed: Claim) -> list[Claim]:
     """After a parse: if no segment is dispatched or running anywhere, ready segments
     (fair order, EMBED_FILL_CHUNKS) to embed in this job, so the first file after a quiet
-    spell does not wait behind the parses already in RQ; none otherwise, or if that fails
-    (the dispatcher sends them)."""
+    spell does not wait behind the parses already in RQ; none otherwise, while the workers
+    are suspended (`rq suspend`: no new work), or if that fails (the dispatcher sends them)."""
     budget = rt.settings.embed_fill_chunks
     if budget <= 0:
         return []
     try:
+        if is_suspended(rt.redis):
+            return []
         with rt.session_factory() as session:
             if fleet_is_embedding(session):
                 return []
@@ -96,6 +99,16 @@ def _go_on(rt: Runtime, parsed: Claim) -> list[Claim]:
         log.info("parse.go_on unit=%s file_id=%s segments=%d files=%d", parsed.unit_id,
                  parsed.file_id, len(claims), len({c.file_id for c in claims}))
     return claims
+
+
+def _went_on(parsed: dict[str, Any], embedded: dict[str, Any]) -> dict[str, Any]:
+    """One result for a parse that went on: its stages and the embedding's, for the
+    metrics (`worker.metrics` reads `timings` and `encode`)."""
+    result = {**parsed, "continued": embedded["units"],
+              "timings": {**parsed.get("timings", {}), **embedded.get("timings", {})}}
+    if "encode" in embedded:
+        result["encode"] = embedded["encode"]
+    return result
 
 
 def _segments(rt: Runtime, claims: list[Claim]) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from rq.suspension import resume, suspend
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
@@ -162,7 +163,8 @@ def test_a_parse_goes_on_to_ready_segments_only_when_nothing_is_embedding(
     assert not fault_stack.live_workers()  # these tests claim by hand
     owners = _owners(fault_stack, 2, 3)
     rt: Any = SimpleNamespace(settings=fault_stack.settings, name="w-go-on",
-                              session_factory=sync_session_factory(fault_stack.db))
+                              session_factory=sync_session_factory(fault_stack.db),
+                              redis=fault_stack.rc)
     parsed = Claim(0, 1, uuid.UUID(owners[0][1][0]), uuid.UUID(owners[0][0]), "parse", 0, 0, 0, 1)
 
     def running() -> list[tuple[str, str]]:
@@ -177,12 +179,19 @@ def test_a_parse_goes_on_to_ready_segments_only_when_nothing_is_embedding(
         with fault_stack.db.begin() as conn:  # that call ends: nothing is embedding now
             conn.execute(text("UPDATE work_units SET state = 'done' WHERE id = :u"),
                          {"u": other.unit_id})
+        suspend(fault_stack.rc)  # `rq suspend`: no new work, not even this way
+        try:
+            assert jobs._go_on(rt, parsed) == []
+        finally:
+            resume(fault_stack.rc)
+        assert running() == []
         went_on = jobs._go_on(rt, parsed)
-        # Ready segments in fair order within the fill's budget: the first of each owner's
-        # oldest file first, claimed for this worker (leased, as a delivered unit would be).
+        # Ready segments in fair turns within the fill's budget, claimed for this worker
+        # (leased, as a delivered unit would be); the other worker's is done.
         assert went_on and all(c.kind == "segment" for c in went_on)
         assert sum(c.chunk_end - c.chunk_start for c in went_on) <= FILL
-        assert {str(c.file_id) for c in went_on[:2]} == {owners[0][1][0], owners[1][1][1]}
+        assert {str(c.owner_id) for c in went_on[:2]} == {owners[0][0], owners[1][0]}
+        assert owners[1][1][0] not in {str(c.file_id) for c in went_on}
         assert running() == [(str(c.file_id), "w-go-on") for c in
                              sorted(went_on, key=lambda c: c.unit_id)]
     finally:
