@@ -97,7 +97,8 @@ def test_job_arguments_carry_only_ids(
     file_id = r.json()["id"]
     assert wait_for_status(client, file_id, timeout=60)["status"] == "done"
     jobs = unit_jobs(db_engine, redis_client, file_id)
-    assert len(jobs) == 2  # its parse unit and its one segment
+    # Its parse unit's, and its one segment's unless the parse went on to embed it.
+    assert 1 <= len(jobs) <= 2
     for job in jobs:
         assert job.func_name == UNIT_FUNC
         assert [type(a) for a in job.args] == [int, int]  # (unit id, attempt)

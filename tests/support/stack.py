@@ -179,10 +179,11 @@ def insert_file(
 
 
 def unit_jobs(db_engine: Engine, redis: Redis, file_id: str) -> list[Job]:
-    """The RQ jobs that delivered the file's units (latest attempt each), in unit order."""
+    """The RQ jobs that delivered the file's units (latest attempt each), in unit order.
+    A unit claimed straight from Postgres (by a fill, or a parse going on) has none."""
     with db_engine.connect() as conn:
         units = conn.execute(text(
             "SELECT id, attempt FROM work_units WHERE file_id = :i ORDER BY id"),
             {"i": uuid.UUID(file_id)}).all()
     return [Job.fetch(unit_job_id(u, a), connection=redis, serializer=JSONSerializer)
-            for u, a in units]
+            for u, a in units if Job.exists(unit_job_id(u, a), connection=redis)]
