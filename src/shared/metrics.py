@@ -219,19 +219,21 @@ class JobMetrics:
             "Time from a job's enqueue (upload, retry or re-enqueue) to its start.",
             buckets=QUEUE_WAIT_BUCKETS, registry=registry,
         )
-        # Per segment job of the worker (a segment and those claimed to fill it): one encode
-        # call for torch, one per segment for the ONNX backends (texts alone, no padding).
+        # Per worker job that embeds segments (a segment and those claimed to fill it, or a
+        # parse that went on to embed): one encode call for torch, one per segment for the
+        # ONNX backends (texts alone, no padding).
         self.embed_padding = Histogram(
             "sluice_embed_padding_ratio",
             "Tokens the model computed (each batch padded to its longest text) / real tokens, "
-            "per segment job.", buckets=PADDING_BUCKETS, registry=registry,
+            "per job that embeds segments.", buckets=PADDING_BUCKETS, registry=registry,
         )
         self.embed_rate = Histogram(
-            "sluice_embed_tokens_per_second", "Real tokens embedded per second, per segment job.",
+            "sluice_embed_tokens_per_second",
+            "Real tokens embedded per second, per job that embeds segments.",
             buckets=TOKENS_PER_S_BUCKETS, registry=registry,
         )
         self.embed_units = Histogram(
-            "sluice_embed_call_units", "Segment units embedded in one job (one filled call).",
+            "sluice_embed_call_units", "Segment units embedded in one job (a filled job).",
             buckets=CALL_UNITS_BUCKETS, registry=registry,
         )
         self.embed_tokens = Counter(
