@@ -17,6 +17,7 @@ from shared.metrics_queue import process_metrics
 from shared.queue import make_interactive_queue, make_queue
 from shared.redis_pool import create_async_redis, create_redis
 from shared.settings import Settings, get_settings
+from webui.admission import Admission
 from webui.errors import install_error_handlers
 from webui.events import EventHub
 from webui.guard import RequestGuard
@@ -63,6 +64,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             metrics=webui_metrics,
             openwebui=OpenWebUIParts(FleetEmbeddings(interactive, settings, dim=embedder.dim),
                                      fleet_loader(interactive, settings)),
+            admission=Admission(settings.upload_admission_slots),
         )
         metrics = process_metrics(
             registry, engine=engine.sync_engine, db_limit=pool_limit(settings, "webui"),

@@ -21,12 +21,14 @@ and so on): a middleware sits outside FastAPI's exception handling.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, nullcontext
 from typing import Any
 
 from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from webui.admission import arrival, mark_arrival
 from webui.auth import authenticate
 from webui.errors import ApiError
 from webui.state import AppState
@@ -49,27 +51,36 @@ class RequestGuard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        mark_arrival(scope)
         state: AppState = scope["app"].state.sluice
         headers = Headers(scope=scope)
         try:
             if _needs_caller(scope["path"]):
                 peer = scope["client"][0] if scope.get("client") else ""
                 try:
-                    user = await authenticate(state, headers, peer)
+                    async with _turn(state, scope):
+                        user = await authenticate(state, headers, peer)
+                        await state.limits.check_user(user.id)
                 except ApiError as err:
                     if scope["path"] != SESSION_PROBE or err.status != 401:
                         raise
                     # The page's sign-in probe answers 200 signed out (webui.routes.me).
-                    scope.setdefault("state", {})["auth_refusal"] = err.detail
+                    scope["state"]["auth_refusal"] = err.detail
                 else:
-                    await state.limits.check_user(user.id)
-                    scope.setdefault("state", {})["user"] = user
+                    scope["state"]["user"] = user
             if (scope["method"], scope["path"]) not in STREAMED:
                 receive = await _capped(receive, headers, _body_limit(scope["path"], state))
         except Exception as exc:
             await _handled(scope, receive, send, exc)
             return
         await self.app(scope, receive, send)
+
+
+def _turn(state: AppState, scope: Scope) -> AbstractAsyncContextManager[None]:
+    """An upload authenticates in its turn (`webui.admission`); other requests at once."""
+    if (scope["method"], scope["path"]) == UPLOAD:
+        return state.admission.slot(arrival(scope))
+    return nullcontext()
 
 
 def _needs_caller(path: str) -> bool:

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from shared.embedding import Embedder
 from shared.settings import Settings
+from webui.admission import Admission
 from webui.events import EventHub
 from webui.limits import RateLimits
 from webui.loader import FleetLoader
@@ -45,3 +46,4 @@ class AppState:
     limits: RateLimits  # moving windows in Redis, on `aredis`
     metrics: WebuiMetrics
     openwebui: OpenWebUIParts
+    admission: Admission  # uploads' turns at the database, oldest first (UPLOAD_ADMISSION_SLOTS)

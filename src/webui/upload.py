@@ -6,6 +6,8 @@ its commit is the request's one commit point, before the answer leaves.
 
 Order matters:
 * A cheap quota pre-check refuses a user already at the quota before a byte is read.
+* The phases that use Postgres wait for their turn, oldest upload first
+  (`webui.admission`), so a burst is answered in the order it came.
 * No database connection is held while the body streams in (minutes, for a big file).
 * The quota check, the duplicate check and the insert run in one transaction under
   a per-user advisory lock, so two concurrent uploads cannot both slip past the quota.
@@ -31,6 +33,7 @@ from shared.document_errors import DocumentRejected
 from shared.models import File, FileStatus
 from shared.storage import new_storage_key, stored_path
 from shared.work import new_parse_unit, wake_async
+from webui.admission import arrival
 from webui.collections import add_files, collection_for_upload
 from webui.errors import ApiError
 from webui.limits import upload_slot
@@ -58,9 +61,11 @@ async def upload_file(
 ) -> UploadResult:
     settings = state.settings
     quota = settings.user_quota_mb * 1024 * 1024
-    if await _stored_bytes(session, owner_id) >= quota:
-        raise _over_quota(settings.user_quota_mb)
-    await session.rollback()  # end the read: no pooled connection held while the body streams
+    arrived = arrival(request.scope)  # its turns at the database come by this (webui.admission)
+    async with state.admission.slot(arrived):
+        if await _stored_bytes(session, owner_id) >= quota:
+            raise _over_quota(settings.user_quota_mb)
+        await session.rollback()  # end the read: no pooled connection held while the body streams
     async with upload_slot(state.aredis, owner_id, settings.uploads_in_flight_per_user):
         received = await _receive(request, state)
     try:
@@ -71,7 +76,8 @@ async def upload_file(
     except BaseException:
         await discard(received.temp_path)
         raise
-    result = await _store(session, owner_id, received, kind, quota, state)
+    async with state.admission.slot(arrived):
+        result = await _store(session, owner_id, received, kind, quota, state)
     if result.created:
         await wake_dispatcher(state, result.file.id)
         log.info("file.uploaded file_id=%s size=%d", result.file.id, result.file.size_bytes)
