@@ -141,6 +141,11 @@ class Settings(BaseSettings):
     # soon as its own chunks are. `make compare` (onnx-int8, one worker): 256 → 102.0 s,
     # 64 → 100.6 s, 0 → 108.8 s; parses run ahead by a quarter of this (dispatch.py).
     embed_fill_chunks: int = Field(default=256, ge=0, le=100_000)
+    # A file parsed while no segment is embedding anywhere is cut into one segment per
+    # live worker, each at least this many chunks, so the idle fleet embeds it together
+    # (worker/spread.py; `make compare`: first file 2.5 s median against 3.2-3.4 s).
+    # 0 = off: SEGMENT_CHUNKS alone decides.
+    spread_min_chunks: int = Field(default=16, ge=0, le=100_000)
     # A file whose text makes more chunks fails at once, before any embedding.
     max_chunks_per_file: int = Field(default=60_000, ge=1, le=10_000_000)
     parse_timeout: float = Field(default=120.0, gt=0, le=3_600)

@@ -3,7 +3,8 @@
 Claim the unit in Postgres (compare-and-set; a stale, duplicate or late delivery,
 or one for a deleted or finished file, claims nothing and returns quietly). A
 segment also claims other ready segments to fill the encoder (`worker.fill`); a parse
-that finds nothing embedding anywhere goes on to claim ready segments itself. Hold
+that finds nothing embedding anywhere, or a started file's segments waiting, goes on
+to claim ready segments itself (`worker.spread`). Hold
 them all while the heartbeat renews their leases, run them (`worker.units`,
 `worker.segments`), and on an error record the outcome in Postgres through the same
 fence (`worker.failure`): a rejection fails the file at once; anything else goes
@@ -28,6 +29,7 @@ from worker.fill import claim_fill, claim_ready, fill_budget, fleet_is_embedding
 from worker.reembed import run_reembed
 from worker.runtime import Runtime, get_runtime
 from worker.segments import run_segments
+from worker.spread import started_file_waits
 from worker.units import run_parse
 
 log = logging.getLogger("sluice.worker")
@@ -51,8 +53,9 @@ def run_unit(unit_id: int, attempt: int) -> dict[str, Any]:
             result = run(rt, c)
             if result["outcome"] == "done":
                 rt.counters["units_done"] += 1
-                if c.kind == UnitKind.parse.value and (ready := _go_on(rt, c)):
+                if c.kind == UnitKind.parse.value and (ready := _go_on(rt, c, result)):
                     rt.hold(ready)
+                    _wake(rt)  # a spread file's other parts: to the other workers now
                     result = _went_on(result, _segments(rt, ready))
             return result
         return _segments(rt, claims)
@@ -76,11 +79,15 @@ def _fill(rt: Runtime, c: Claim) -> list[Claim]:
         return []
 
 
-def _go_on(rt: Runtime, parsed: Claim) -> list[Claim]:
-    """After a parse: if no segment is dispatched or running anywhere, ready segments
-    (fair order, EMBED_FILL_CHUNKS) to embed in this job, so the first file after a quiet
-    spell does not wait behind the parses already in RQ; none otherwise, while the workers
-    are suspended (`rq suspend`: no new work), or if that fails (the dispatcher sends them)."""
+def _go_on(rt: Runtime, parsed: Claim, result: dict[str, Any]) -> list[Claim]:
+    """After a parse, ready segments to embed in this job (fair order, as a fill):
+    - if no segment is dispatched or running anywhere: up to EMBED_FILL_CHUNKS, or one
+      part if this parse cut its file for the idle fleet (`worker.spread`), so the first
+      file after a quiet spell does not wait behind the parses already in RQ;
+    - if a file being embedded has other segments ready: up to EMBED_FILL_CHUNKS, those
+      first (they are the oldest), so a started file is finished first.
+    None otherwise (parses run ahead, fills stay full), while the workers are suspended
+    (`rq suspend`: no new work), or if that fails (the dispatcher sends them)."""
     budget = rt.settings.embed_fill_chunks
     if budget <= 0:
         return []
@@ -89,7 +96,10 @@ def _go_on(rt: Runtime, parsed: Claim) -> list[Claim]:
             return []
         with rt.session_factory() as session:
             if fleet_is_embedding(session):
-                return []
+                if not started_file_waits(session):
+                    return []
+            elif "spread" in result:
+                budget = min(budget, result["spread"])
             session.rollback()  # the claim takes the dispatch lock in a fresh transaction
             claims = claim_ready(session, rt.settings, rt.name, budget)
     except Exception as err:

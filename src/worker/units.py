@@ -23,6 +23,7 @@ from worker.pipeline.chunk import TextChunk
 from worker.pipeline.isolated import parse_isolated
 from worker.progress import publish
 from worker.runtime import Runtime
+from worker.spread import segment_size
 
 log = logging.getLogger("sluice.worker")
 Result = dict[str, Any]
@@ -59,7 +60,8 @@ def run_parse(rt: Runtime, c: Claim) -> Result:
         raise DocumentRejected("no text could be extracted from this file")
     if len(chunks) > settings.max_chunks_per_file:
         raise TooManyChunks(len(chunks), settings.max_chunks_per_file)
-    segments = plan_segments(chunks, settings.segment_chunks)
+    size = segment_size(rt, len(chunks))
+    segments = plan_segments(chunks, size)
     t2 = time.perf_counter()
     with rt.session_factory() as session:
         fenced = fence(session, c)
@@ -81,9 +83,13 @@ def run_parse(rt: Runtime, c: Claim) -> Result:
         session.commit()
     publish(rt.redis, file_id=c.file_id, owner_id=c.owner_id, status="processing", stage="embed",
             progress=0.0, segments_done=0, segments_total=len(segments))
-    log.info("file.parsed file_id=%s kind=%s chunks=%d segments=%d parse=%.2fs chunk=%.2fs",
-             c.file_id, parsed.kind, len(chunks), len(segments), t1 - t0, t2 - t1)
-    return {"outcome": "done", "timings": {"parse": t1 - t0, "chunk": t2 - t1}}
+    log.info("file.parsed file_id=%s kind=%s chunks=%d segments=%d segment_chunks=%d "
+             "parse=%.2fs chunk=%.2fs", c.file_id, parsed.kind, len(chunks), len(segments),
+             size, t1 - t0, t2 - t1)
+    result: Result = {"outcome": "done", "timings": {"parse": t1 - t0, "chunk": t2 - t1}}
+    if size < settings.segment_chunks and len(segments) > 1:
+        result["spread"] = size  # cut for an idle fleet: this job goes on to one part
+    return result
 
 
 def unit_done(unit: WorkUnit) -> None:

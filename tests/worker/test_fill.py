@@ -174,18 +174,18 @@ def test_a_parse_goes_on_to_ready_segments_only_when_nothing_is_embedding(
     try:
         other = _claim_one(fault_stack, owners[1][1][0], "w-other")
         # Another worker is embedding: the parse stays a parse, its file waits its turn.
-        assert jobs._go_on(rt, parsed) == []
+        assert jobs._go_on(rt, parsed, {"outcome": "done"}) == []
         assert running() == [(owners[1][1][0], "w-other")]
         with fault_stack.db.begin() as conn:  # that call ends: nothing is embedding now
             conn.execute(text("UPDATE work_units SET state = 'done' WHERE id = :u"),
                          {"u": other.unit_id})
         suspend(fault_stack.rc)  # `rq suspend`: no new work, not even this way
         try:
-            assert jobs._go_on(rt, parsed) == []
+            assert jobs._go_on(rt, parsed, {"outcome": "done"}) == []
         finally:
             resume(fault_stack.rc)
         assert running() == []
-        went_on = jobs._go_on(rt, parsed)
+        went_on = jobs._go_on(rt, parsed, {"outcome": "done"})
         # Ready segments in fair turns within the fill's budget, claimed for this worker
         # (leased, as a delivered unit would be); the other worker's is done.
         assert went_on and all(c.kind == "segment" for c in went_on)
