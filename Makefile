@@ -12,7 +12,7 @@ WEBUI ?= 1
 PORT ?= 8000
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install lock system-deps run test check bench bench-encoder bench-lanes eval compare owui-proof loadtest burst clean
+.PHONY: install lock system-deps run test check bench bench-encoder bench-lanes bench-first eval compare owui-proof loadtest burst clean
 
 # torch: installed first, alone (--no-deps) and pinned; it is not in the hashed lock
 # files. PyPI's torch 2.13.0 for Linux x86_64 is the CUDA build (other hashes, ~15
@@ -78,6 +78,10 @@ bench-encoder: install
 # The ONNX runner: padded batches on intra-op threads (before) vs each text alone on lanes.
 bench-lanes: install
 	$(PY) loadtests/bench_lanes.py
+
+# The first file of the compare burst: defaults vs. settings, interleaved trials, medians.
+bench-first: install
+	$(PY) loadtests/bench_first_file.py
 
 # Retrieval quality (recall@10, MRR, HNSW vs exact) per EMBEDDING_BACKEND.
 eval: install
