@@ -41,7 +41,8 @@ WITH inflight AS (
     SELECT owner_id, sum(chunk_end - chunk_start) AS chunks FROM work_units
     WHERE state = 'pending' AND kind = 'segment' AND not_before <= now() GROUP BY owner_id
 ), ranked AS (
-    SELECT u.id, u.owner_id, u.chunk_end - u.chunk_start AS chunks, f.created_at AS file_created,
+    SELECT u.id, u.owner_id, u.file_id, u.chunk_end - u.chunk_start AS chunks,
+           f.created_at AS file_created,
            row_number() OVER (PARTITION BY u.owner_id
                               ORDER BY u.kind = 'reembed',
                                        u.kind = 'parse' AND coalesce(rd.chunks, 0) < :lookahead
@@ -51,7 +52,7 @@ WITH inflight AS (
     WHERE u.state = 'pending' AND u.not_before <= now()
       AND (CAST(:kind AS text) IS NULL OR u.kind = CAST(:kind AS text))
 )
-SELECT r.id, r.owner_id, r.chunks FROM ranked r
+SELECT r.id, r.owner_id, r.file_id, r.chunks FROM ranked r
 LEFT JOIN inflight i ON i.owner_id = r.owner_id
 LEFT JOIN owner_turns t ON t.owner_id = r.owner_id
 WHERE r.rn <= :cap - coalesce(i.n, 0)
@@ -64,6 +65,7 @@ LIMIT :room
 class Pick:
     unit_id: int
     owner_id: uuid.UUID
+    file_id: uuid.UUID
     chunks: int
 
 
@@ -85,7 +87,7 @@ def fair_picks(
     given. The caller holds DISPATCH_LOCK, so no other pass or fill picks meanwhile."""
     rows = session.execute(_FAIR, {"cap": cap, "room": room, "kind": kind,
                                    "lookahead": lookahead}).all()
-    return [Pick(int(uid), owner, int(chunks)) for uid, owner, chunks in rows]
+    return [Pick(int(uid), owner, file_id, int(chunks)) for uid, owner, file_id, chunks in rows]
 
 
 def dispatch_once(

@@ -20,6 +20,8 @@ While anything is embedding, parses stay parses: they keep running ahead, fills 
 from __future__ import annotations
 
 import logging
+import uuid
+from collections.abc import Collection
 
 from sqlalchemy import exists, func, select, update
 from sqlalchemy.orm import Session
@@ -51,8 +53,10 @@ def fleet_is_embedding(session: Session) -> bool:
         WorkUnit.state.in_([UnitState.dispatched.value, UnitState.running.value])))))
 
 
-def claim_ready(session: Session, settings: Settings, worker: str, budget: int) -> list[Claim]:
-    """Claim ready segments of at most `budget` chunks in all; commits.
+def claim_ready(session: Session, settings: Settings, worker: str, budget: int,
+                files: Collection[uuid.UUID] | None = None) -> list[Claim]:
+    """Claim ready segments of at most `budget` chunks in all (only of `files`, if
+    given); commits.
 
     Picks in fair order and skips a unit that does not fit in what is left of the
     budget (it waits for the dispatcher or a later fill), so the batch stays bounded.
@@ -66,7 +70,7 @@ def claim_ready(session: Session, settings: Settings, worker: str, budget: int) 
                        lookahead=settings.embed_fill_chunks, kind=UnitKind.segment.value)
     chosen, left = [], budget
     for p in picks:
-        if 0 < p.chunks <= left:
+        if 0 < p.chunks <= left and (files is None or p.file_id in files):
             chosen.append(p)
             left -= p.chunks
     if not chosen:

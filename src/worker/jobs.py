@@ -29,7 +29,7 @@ from worker.fill import claim_fill, claim_ready, fill_budget, fleet_is_embedding
 from worker.reembed import run_reembed
 from worker.runtime import Runtime, get_runtime
 from worker.segments import run_segments
-from worker.spread import started_file_waits
+from worker.spread import started_files_waiting
 from worker.units import run_parse
 
 log = logging.getLogger("sluice.worker")
@@ -84,8 +84,8 @@ def _go_on(rt: Runtime, parsed: Claim, result: dict[str, Any]) -> list[Claim]:
     - if no segment is dispatched or running anywhere: up to EMBED_FILL_CHUNKS, or one
       part if this parse cut its file for the idle fleet (`worker.spread`), so the first
       file after a quiet spell does not wait behind the parses already in RQ;
-    - if a file being embedded has other segments ready: up to EMBED_FILL_CHUNKS, those
-      first (they are the oldest), so a started file is finished first.
+    - if files being embedded have other segments ready: those (up to EMBED_FILL_CHUNKS,
+      in fair order), and nothing else, so a started file is finished first.
     None otherwise (parses run ahead, fills stay full), while the workers are suspended
     (`rq suspend`: no new work), or if that fails (the dispatcher sends them)."""
     budget = rt.settings.embed_fill_chunks
@@ -95,13 +95,15 @@ def _go_on(rt: Runtime, parsed: Claim, result: dict[str, Any]) -> list[Claim]:
         if is_suspended(rt.redis):
             return []
         with rt.session_factory() as session:
+            files = None
             if fleet_is_embedding(session):
-                if not started_file_waits(session):
+                files = started_files_waiting(session)
+                if not files:
                     return []
             elif "spread" in result:
                 budget = min(budget, result["spread"])
             session.rollback()  # the claim takes the dispatch lock in a fresh transaction
-            claims = claim_ready(session, rt.settings, rt.name, budget)
+            claims = claim_ready(session, rt.settings, rt.name, budget, files)
     except Exception as err:
         log.warning("parse.go_on_failed unit=%s error=%s", parsed.unit_id, err)
         return []

@@ -9,8 +9,8 @@ instead of all of them. So:
   one segment per live worker (each at least SPREAD_MIN_CHUNKS chunks). Its job goes
   on to embed one of them (`worker.jobs`); a dispatch pass hands the others out.
 - A parse that finishes while a file has segments embedding and others still
-  waiting goes on to the waiting ones (in fair order, as a fill), rather than
-  parsing further ahead or starting another file: the started file is done sooner.
+  waiting goes on to the waiting ones (only those), rather than parsing further
+  ahead or starting another file: the started file is done sooner.
 
 On the `make compare` burst (two workers, 2 CPUs) the first file was done in a median
 2.5 s against 3.2-3.4 s without (loadtests/results/2026-12-02-first-file.md); on a cluster,
@@ -22,6 +22,7 @@ busy fleet pays nothing for it.
 from __future__ import annotations
 
 import math
+import uuid
 
 from rq import Worker
 from sqlalchemy import exists, func, select
@@ -56,11 +57,11 @@ def segment_size(rt: Runtime, chunks: int) -> int:
     return min(size, math.ceil(chunks / parts))
 
 
-def started_file_waits(session: Session) -> bool:
-    """Whether a file with a segment dispatched or running has another one ready."""
+def started_files_waiting(session: Session) -> set[uuid.UUID]:
+    """Files with a segment dispatched or running and another one ready."""
     busy = aliased(WorkUnit)
-    return bool(session.scalar(select(exists().where(
+    return set(session.scalars(select(WorkUnit.file_id).distinct().where(
         WorkUnit.kind == UnitKind.segment.value, WorkUnit.state == UnitState.pending.value,
         WorkUnit.not_before <= func.now(),
         exists().where(busy.file_id == WorkUnit.file_id, busy.kind == UnitKind.segment.value,
-                       busy.state.in_(_BUSY))))))
+                       busy.state.in_(_BUSY)))))
