@@ -143,7 +143,7 @@ class Settings(BaseSettings):
     embed_fill_chunks: int = Field(default=256, ge=0, le=100_000)
     # A file parsed while no segment is embedding anywhere is cut into one segment per
     # live worker, each at least this many chunks, so the idle fleet embeds it together
-    # (worker/spread.py; `make compare`: first file 2.5 s median against 3.2-3.4 s).
+    # (worker/spread.py; `make bench-first`: first file 2.44 s median against 3.38 s).
     # 0 = off: SEGMENT_CHUNKS alone decides.
     spread_min_chunks: int = Field(default=16, ge=0, le=100_000)
     # A file whose text makes more chunks fails at once, before any embedding.
@@ -211,7 +211,7 @@ class Settings(BaseSettings):
     uploads_in_flight_per_user: int = Field(default=8, ge=1, le=1_000)
     # Uploads in their Postgres phases at once, per webui process; the others wait,
     # oldest request first (webui/admission.py): a burst is answered in the order it came
-    # (`make compare`: first of 100 uploads answered 0.2-0.5 s, 0.6-0.9 s without).
+    # (`make bench-first`: first of 100 uploads answered in 0.32-0.40 s, 0.61-0.73 s without).
     upload_admission_slots: int = Field(default=4, ge=1, le=1_000)
     event_streams_per_user: int = Field(default=10, ge=1, le=1_000)
     # Every request body except the upload's (JSON: search, admin); bigger is 413.

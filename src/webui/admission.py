@@ -1,15 +1,16 @@
 """Uploads take their turns at the database oldest request first.
 
-asyncio runs every ready task in turn, so 100 uploads arriving at once each advance
-1/100 of the time: all of them are answered at about the same moment, after all of
-their authentication, quota and insert work is done, and the first file reaches a
-worker only then (the `make compare` burst: first upload answered 0.6-0.9 s after the
-burst started). Here an upload's phases that use Postgres (authentication, the quota
+asyncio runs every ready task in turn, so 100 uploads arriving at once all advance
+together, each at 1/100 of the pace, and even the first is answered only after most
+of the others' authentication, quota and insert work is done: the first file reaches
+a worker late. Here an upload's phases that use Postgres (authentication, the quota
 pre-check, the checks and insert under the owner's lock) take one of
-ADMISSION_SLOTS places, and a waiting upload gets the next free place by its arrival
-time, not by the phase it is in: the request that came first goes through first, so
-uploads are answered in the order they came (first upload 0.2-0.5 s), at the same
-throughput. Bytes arriving hold no place: a slow client keeps nobody waiting.
+UPLOAD_ADMISSION_SLOTS places, and a waiting upload gets the next free place by its
+arrival time, not by the phase it is in: the request that came first goes through
+first, so uploads are answered in about the order they came, at the same throughput
+(`make bench-first`, 100 uploads at once: the first answered in 0.32-0.40 s against
+0.61-0.73 s, the last at the same time). Bytes arriving hold no place: a slow client
+keeps nobody waiting.
 
 Not `asyncio.Semaphore`: it serves waiters in the order they began to wait, so an
 upload that finished receiving queued behind every later upload's authentication.

@@ -66,6 +66,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                      fleet_loader(interactive, settings)),
             admission=Admission(settings.upload_admission_slots),
         )
+        admission = app.state.sluice.admission
+        webui_metrics.upload_admission_waiting.set_function(lambda: admission.waiting)
         metrics = process_metrics(
             registry, engine=engine.sync_engine, db_limit=pool_limit(settings, "webui"),
             redis=redis, aredis=aredis, queues=[interactive, queue], settings=settings,

@@ -31,6 +31,7 @@ class WebuiMetrics:
     upload_storage_errors: Counter = field(init=False)
     auth_failures: Counter = field(init=False)
     event_streams: Gauge = field(init=False)
+    upload_admission_waiting: Gauge = field(init=False)
 
     def __post_init__(self) -> None:
         self.upload_storage_errors = Counter(
@@ -44,6 +45,11 @@ class WebuiMetrics:
         )
         self.event_streams = Gauge(
             "sluice_event_streams_open", "Event streams open in this process.",
+            registry=self.registry,
+        )
+        self.upload_admission_waiting = Gauge(
+            "sluice_upload_admission_waiting", "Uploads in this process waiting for a place "
+            "to use Postgres (UPLOAD_ADMISSION_SLOTS), served oldest request first.",
             registry=self.registry,
         )
 

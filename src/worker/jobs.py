@@ -3,8 +3,8 @@
 Claim the unit in Postgres (compare-and-set; a stale, duplicate or late delivery,
 or one for a deleted or finished file, claims nothing and returns quietly). A
 segment also claims other ready segments to fill the encoder (`worker.fill`); a parse
-that finds nothing embedding anywhere, or a started file's segments waiting, goes on
-to claim ready segments itself (`worker.spread`). Hold
+that finds nothing embedding anywhere goes on to claim ready segments itself, and any
+job goes on to the waiting parts of a file cut for the idle fleet (`worker.spread`). Hold
 them all while the heartbeat renews their leases, run them (`worker.units`,
 `worker.segments`), and on an error record the outcome in Postgres through the same
 fence (`worker.failure`): a rejection fails the file at once; anything else goes
@@ -21,6 +21,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 from rq.suspension import is_suspended
+from sqlalchemy.orm import Session
 
 from shared.models import UnitKind
 from shared.work import Claim, claim, wake
@@ -29,7 +30,7 @@ from worker.fill import claim_fill, claim_ready, fill_budget, fleet_is_embedding
 from worker.reembed import run_reembed
 from worker.runtime import Runtime, get_runtime
 from worker.segments import run_segments
-from worker.spread import started_files_waiting
+from worker.spread import spread_file_waiting
 from worker.units import run_parse
 
 log = logging.getLogger("sluice.worker")
@@ -51,14 +52,20 @@ def run_unit(unit_id: int, attempt: int) -> dict[str, Any]:
         if c.kind in (UnitKind.parse.value, UnitKind.reembed.value):
             run = run_parse if c.kind == UnitKind.parse.value else run_reembed
             result = run(rt, c)
-            if result["outcome"] == "done":
-                rt.counters["units_done"] += 1
-                if c.kind == UnitKind.parse.value and (ready := _go_on(rt, c, result)):
-                    rt.hold(ready)
-                    _wake(rt)  # a spread file's other parts: to the other workers now
-                    result = _went_on(result, _segments(rt, ready))
-            return result
-        return _segments(rt, claims)
+            if result["outcome"] != "done":
+                return result
+            rt.counters["units_done"] += 1
+            if c.kind != UnitKind.parse.value:
+                return result
+            more = _go_on(rt, c, result)
+        else:
+            result = _segments(rt, claims)
+            more = _help(rt, c)
+        if more:
+            rt.hold(more)
+            _wake(rt)  # a file cut for the idle fleet: its other parts to the others now
+            result = _combined(result, _segments(rt, more))
+        return result
     except Exception as err:
         return record_failure(rt, c, err)
     finally:
@@ -84,10 +91,9 @@ def _go_on(rt: Runtime, parsed: Claim, result: dict[str, Any]) -> list[Claim]:
     - if no segment is dispatched or running anywhere: up to EMBED_FILL_CHUNKS, or one
       part if this parse cut its file for the idle fleet (`worker.spread`), so the first
       file after a quiet spell does not wait behind the parses already in RQ;
-    - if files being embedded have other segments ready: those (up to EMBED_FILL_CHUNKS,
-      in fair order), and nothing else, so a started file is finished first.
-    None otherwise (parses run ahead, fills stay full), while the workers are suspended
-    (`rq suspend`: no new work), or if that fails (the dispatcher sends them)."""
+    - otherwise the waiting parts of a file cut for the idle fleet (`_help`).
+    None while the workers are suspended (`rq suspend`: no new work), or if that fails
+    (the dispatcher sends them)."""
     budget = rt.settings.embed_fill_chunks
     if budget <= 0:
         return []
@@ -95,15 +101,13 @@ def _go_on(rt: Runtime, parsed: Claim, result: dict[str, Any]) -> list[Claim]:
         if is_suspended(rt.redis):
             return []
         with rt.session_factory() as session:
-            files = None
             if fleet_is_embedding(session):
-                files = started_files_waiting(session)
-                if not files:
-                    return []
-            elif "spread" in result:
-                budget = min(budget, result["spread"])
-            session.rollback()  # the claim takes the dispatch lock in a fresh transaction
-            claims = claim_ready(session, rt.settings, rt.name, budget, files)
+                claims = _spread_parts(rt, session)
+            else:
+                if "spread" in result:
+                    budget = min(budget, result["spread"])
+                session.rollback()  # the claim takes the dispatch lock in a fresh transaction
+                claims = claim_ready(session, rt.settings, rt.name, budget)
     except Exception as err:
         log.warning("parse.go_on_failed unit=%s error=%s", parsed.unit_id, err)
         return []
@@ -113,14 +117,45 @@ def _go_on(rt: Runtime, parsed: Claim, result: dict[str, Any]) -> list[Claim]:
     return claims
 
 
-def _went_on(parsed: dict[str, Any], embedded: dict[str, Any]) -> dict[str, Any]:
-    """One result for a parse that went on: its stages and the embedding's, for the
-    metrics (`worker.metrics` reads `timings` and `encode`)."""
-    result = {**parsed, "continued": embedded["units"],
-              "timings": {**parsed.get("timings", {}), **embedded.get("timings", {})}}
-    if "encode" in embedded:
-        result["encode"] = embedded["encode"]
-    return result
+def _help(rt: Runtime, done: Claim) -> list[Claim]:
+    """After a segment job: the waiting parts of a file cut for the idle fleet whose other
+    parts are done or embedding, so it is finished before new work (`worker.spread`)."""
+    if rt.settings.embed_fill_chunks <= 0 or rt.settings.spread_min_chunks <= 0:
+        return []
+    try:
+        if is_suspended(rt.redis):
+            return []
+        with rt.session_factory() as session:
+            claims = _spread_parts(rt, session)
+    except Exception as err:
+        log.warning("segment.help_failed unit=%s error=%s", done.unit_id, err)
+        return []
+    if claims:
+        log.info("segment.helped unit=%s file_id=%s segments=%d", done.unit_id,
+                 claims[0].file_id, len(claims))
+    return claims
+
+
+def _spread_parts(rt: Runtime, session: Session) -> list[Claim]:
+    """Claim the ready parts of the oldest started file cut for the idle fleet; commits."""
+    file_id = spread_file_waiting(session, rt.settings.segment_chunks)
+    if file_id is None:
+        return []
+    session.rollback()  # the claim takes the dispatch lock in a fresh transaction
+    return claim_ready(session, rt.settings, rt.name, rt.settings.embed_fill_chunks, {file_id})
+
+
+def _combined(result: dict[str, Any], more: dict[str, Any]) -> dict[str, Any]:
+    """One result for a job that went on to embed more: its stages and encode facts added
+    up, for the metrics (`worker.metrics` reads `timings` and `encode`)."""
+    timings = dict(result.get("timings", {}))
+    for stage, seconds in more.get("timings", {}).items():
+        timings[stage] = timings.get(stage, 0.0) + seconds
+    combined = {**result, "continued": more["units"], "timings": timings}
+    if "encode" in more:
+        before = result.get("encode", {})
+        combined["encode"] = {k: before.get(k, 0) + v for k, v in more["encode"].items()}
+    return combined
 
 
 def _segments(rt: Runtime, claims: list[Claim]) -> dict[str, Any]:

@@ -8,12 +8,14 @@ instead of all of them. So:
 - A parse that finds no segment dispatched or running anywhere cuts its file into
   one segment per live worker (each at least SPREAD_MIN_CHUNKS chunks). Its job goes
   on to embed one of them (`worker.jobs`); a dispatch pass hands the others out.
-- A parse that finishes while a file has segments embedding and others still
-  waiting goes on to the waiting ones (only those), rather than parsing further
-  ahead or starting another file: the started file is done sooner.
+- A job that finishes (a parse, or a part it embedded) while such a file has parts
+  done or embedding and others still waiting goes on to the waiting ones, the oldest
+  such file's, rather than taking new work: the file is done sooner. Two parses that
+  cut their files at the same moment (both saw the fleet idle) finish each other's.
 
-On the `make compare` burst (two workers, 2 CPUs) the first file was done in a median
-2.5 s against 3.2-3.4 s without (loadtests/results/2026-12-02-first-file.md); on a cluster,
+On the `make compare` burst (two workers, 2 CPUs; `make bench-first`) the first file is
+done in a median 2.44 s against 3.38 s without this and the oldest-first uploads
+(`webui.admission`), 2.78 s with this alone (loadtests/results/2026-12-02-first-file.md); on a cluster,
 where each worker has its own CPUs, a lone file on an idle fleet is embedded by all
 of them at once. Only files parsed while nothing is embedding are cut finer, so a
 busy fleet pays nothing for it.
@@ -28,11 +30,9 @@ from rq import Worker
 from sqlalchemy import exists, func, select
 from sqlalchemy.orm import Session, aliased
 
-from shared.models import UnitKind, UnitState, WorkUnit
+from shared.models import File, UnitKind, UnitState, WorkUnit
 from worker.fill import fleet_is_embedding
 from worker.runtime import Runtime
-
-_BUSY = (UnitState.dispatched.value, UnitState.running.value)
 
 
 def spread_parts(chunks: int, workers: int, min_chunks: int) -> int:
@@ -57,11 +57,20 @@ def segment_size(rt: Runtime, chunks: int) -> int:
     return min(size, math.ceil(chunks / parts))
 
 
-def started_files_waiting(session: Session) -> set[uuid.UUID]:
-    """Files with a segment dispatched or running and another one ready."""
-    busy = aliased(WorkUnit)
-    return set(session.scalars(select(WorkUnit.file_id).distinct().where(
-        WorkUnit.kind == UnitKind.segment.value, WorkUnit.state == UnitState.pending.value,
-        WorkUnit.not_before <= func.now(),
-        exists().where(busy.file_id == WorkUnit.file_id, busy.kind == UnitKind.segment.value,
-                       busy.state.in_(_BUSY)))))
+def spread_file_waiting(session: Session, segment_chunks: int) -> uuid.UUID | None:
+    """The oldest file cut for an idle fleet (its first segment is smaller than
+    SEGMENT_CHUNKS) that is started (a segment done or embedding) and has another
+    segment ready. Only such files: a big file's segments keep taking fair turns with
+    everyone else's work, so no one user's file can hold the helpers."""
+    first, started = aliased(WorkUnit), aliased(WorkUnit)
+    same_file = [WorkUnit.file_id == first.file_id, first.kind == UnitKind.segment.value]
+    return session.scalar(
+        select(WorkUnit.file_id).join(File, File.id == WorkUnit.file_id).where(
+            WorkUnit.kind == UnitKind.segment.value, WorkUnit.state == UnitState.pending.value,
+            WorkUnit.not_before <= func.now(),
+            exists().where(*same_file, first.ordinal == 0,
+                           first.chunk_end - first.chunk_start < segment_chunks),
+            exists().where(started.file_id == WorkUnit.file_id,
+                           started.kind == UnitKind.segment.value,
+                           started.state != UnitState.pending.value))
+        .order_by(File.created_at, WorkUnit.file_id).limit(1))

@@ -24,7 +24,8 @@ SHARED = [
     "sluice_redis_errors_total", "sluice_queue_depth", "sluice_queue_registry_jobs",
     "sluice_queue_oldest_job_age_seconds", "sluice_queue_workers", "sluice_queue_scheduler_running",
 ]
-WEBUI_ONLY = ["http_requests_total", "http_request_duration_seconds_count"]
+WEBUI_ONLY = ["http_requests_total", "http_request_duration_seconds_count",
+              "sluice_upload_admission_waiting"]
 WORKER_ONLY = [
     "sluice_jobs_total", "sluice_job_stage_duration_seconds_count", "sluice_queue_wait_seconds_count",
     "sluice_model_load_seconds", "sluice_worker_busy_seconds_total", "sluice_worker_busy",
@@ -46,6 +47,7 @@ def test_each_metric_is_exposed(stack: Stack, settings: Settings) -> None:
     assert set(SHARED + WEBUI_ONLY) <= names(web), set(SHARED + WEBUI_ONLY) - names(web)
     assert set(SHARED + WORKER_ONLY) <= names(wk), set(SHARED + WORKER_ONLY) - names(wk)
     assert value(web, "sluice_db_pool_size") == settings.database_pool_size
+    assert value(web, "sluice_upload_admission_waiting") == 0  # nothing uploading now
     webui_limit = settings.database_pool_size + settings.database_pool_max_overflow
     assert value(web, "sluice_db_pool_max") == webui_limit
     assert value(wk, "sluice_db_pool_max") == settings.worker_db_pool_size

@@ -126,6 +126,45 @@ def test_a_parse_that_spread_its_file_goes_on_to_one_part(fault_stack: FaultStac
         _forget(fault_stack, [a.id])
 
 
+def test_a_job_helps_a_cut_file_whose_other_part_is_done(fault_stack: FaultStack) -> None:
+    """Two parses cut their files at the same moment; each embeds one part. The worker
+    done first goes on to the oldest such file's waiting part, not to new work."""
+    a = fault_stack.user("race")
+    (older,) = queue_segments(fault_stack.db, a.id, [file_texts(2 * SEG, 7)], SEG)
+    (newer,) = queue_segments(fault_stack.db, a.id, [file_texts(2 * SEG, 8)], SEG)
+    try:
+        mine = _claim(fault_stack, older, 0, "w-fast")
+        _claim(fault_stack, newer, 0, "w-slow")
+        with fault_stack.db.begin() as conn:  # w-fast stored its part
+            conn.execute(text("UPDATE work_units SET state = 'done' WHERE id = :u"),
+                         {"u": mine.unit_id})
+        helped = jobs._help(_rt(fault_stack, "w-fast"), mine)
+        assert [(str(c.file_id), c.ordinal) for c in helped] == [(older, 1)]
+        again = jobs._help(_rt(fault_stack, "w-other"), mine)
+        assert [(str(c.file_id), c.ordinal) for c in again] == [(newer, 1)]
+        assert jobs._help(_rt(fault_stack, "w-none"), mine) == []
+    finally:
+        _forget(fault_stack, [a.id])
+
+
+def test_a_big_files_segments_keep_their_fair_turns(fault_stack: FaultStack) -> None:
+    """A file cut at SEGMENT_CHUNKS (not for an idle fleet) is not helped: its segments
+    wait their turns with everyone else's work, so one user's big file cannot hold the
+    workers."""
+    a = fault_stack.user("big")
+    (big,) = queue_segments(fault_stack.db, a.id, [file_texts(3 * SEG, 9)], SEG)
+    rt = _rt(fault_stack, "w-fair")
+    rt.settings = fault_stack.settings.model_copy(update={"segment_chunks": SEG})
+    try:
+        first = _claim(fault_stack, big, 0, "w-other")
+        assert jobs._help(rt, first) == []
+        assert jobs._go_on(rt, _parsed(big, a.id), {"outcome": "done"}) == []
+        # The same file cut finer than SEGMENT_CHUNKS (as for an idle fleet) is helped.
+        assert len(jobs._help(_rt(fault_stack, "w-cut"), first)) == 2
+    finally:
+        _forget(fault_stack, [a.id])
+
+
 # --- real workers --------------------------------------------------------------------------
 
 
