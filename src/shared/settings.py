@@ -143,7 +143,7 @@ class Settings(BaseSettings):
     embed_fill_chunks: int = Field(default=256, ge=0, le=100_000)
     # A file parsed while no segment is embedding anywhere is cut into one segment per
     # live worker, each at least this many chunks, so the idle fleet embeds it together
-    # (worker/spread.py; `make bench-first`: first file 2.44 s median against 3.38 s).
+    # (worker/spread.py; `make bench-first`: first file 2.86 / 2.44 s against 3.76 / 3.38 s).
     # 0 = off: SEGMENT_CHUNKS alone decides.
     spread_min_chunks: int = Field(default=16, ge=0, le=100_000)
     # A file whose text makes more chunks fails at once, before any embedding.

@@ -13,12 +13,12 @@ instead of all of them. So:
   such file's, rather than taking new work: the file is done sooner. Two parses that
   cut their files at the same moment (both saw the fleet idle) finish each other's.
 
-On the `make compare` burst (two workers, 2 CPUs; `make bench-first`) the first file is
-done in a median 2.44 s against 3.38 s without this and the oldest-first uploads
-(`webui.admission`), 2.78 s with this alone (loadtests/results/2026-12-02-first-file.md); on a cluster,
-where each worker has its own CPUs, a lone file on an idle fleet is embedded by all
-of them at once. Only files parsed while nothing is embedding are cut finer, so a
-busy fleet pays nothing for it.
+On the `make compare` burst (two workers, 2 CPUs; `make bench-first`, two sessions) the
+first file is done in a median 2.86 / 2.44 s against 3.76 / 3.38 s without this and the
+oldest-first uploads (`webui.admission`), 2.79 / 2.78 s with this alone
+(loadtests/results/2026-12-02-first-file.md). On a cluster, where each worker has its
+own CPUs, a lone file on an idle fleet is embedded by all of them at once. Only files
+parsed while nothing is embedding are cut finer, so a busy fleet pays nothing for it.
 """
 
 from __future__ import annotations
