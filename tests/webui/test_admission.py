@@ -4,6 +4,7 @@ to a caller that goes away. Pure asyncio: no server."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 
@@ -120,7 +121,7 @@ async def test_an_error_inside_gives_the_place_back() -> None:
 
 
 def test_arrival_is_marked_once_per_request() -> None:
-    scope: dict = {}
+    scope: dict[str, Any] = {}
     mark_arrival(scope)
     assert arrival(scope) == scope["state"]["arrived"]
     assert arrival({}) > 0  # a scope the guard never saw: now
