@@ -14,7 +14,9 @@ A parse job that finds no segment dispatched or running anywhere claims ready se
 the same way, up to EMBED_FILL_CHUNKS, once its file is planned (`worker.jobs`): the first
 file after a quiet spell starts embedding at once, not behind the parses already waiting
 in RQ (the `make compare` burst, two workers: first file 3.3-3.6 s, 3.8-3.9 s without).
-While anything is embedding, parses stay parses: they keep running ahead, fills stay full.
+While anything is embedding, parses stay parses: they keep running ahead, fills stay full
+(except to finish a file cut for the idle fleet, and a parse that cut its file takes one
+part: `worker.spread`).
 """
 
 from __future__ import annotations

@@ -93,6 +93,12 @@ class FaultStack:
     def live_workers(self) -> list[Proc]:
         return [p for p in self.procs if p.popen.poll() is None and p.argv[-1] == "worker"]
 
+    def wait_quiet(self, timeout: float = 60) -> None:
+        """Until no unit is dispatched or running anywhere (the fleet is idle)."""
+        wait_until(lambda: not self.sql(
+            "SELECT 1 FROM work_units WHERE state IN ('dispatched', 'running')"), timeout,
+            "the fleet to be quiet", 0.2)
+
     def kill(
         self, proc: Proc, sig: int = signal.SIGKILL, timeout: float = 30, tree: bool = False
     ) -> int:

@@ -346,9 +346,7 @@ def test_two_filling_workers_store_every_unit_once(fault_stack: FaultStack, web:
 def test_the_first_file_after_a_quiet_spell_is_embedded_by_its_parse_job(
     fault_stack: FaultStack, web: WebUI
 ) -> None:
-    wait_until(lambda: not fault_stack.sql(
-        "SELECT 1 FROM work_units WHERE state IN ('dispatched', 'running')"), 60,
-        "the fleet to be quiet", 0.2)
+    fault_stack.wait_quiet()
     user = fault_stack.user("go-on")
     with fault_stack.client(user, web) as client:
         fid = upload(client, "first.txt", long_text(3, "go on"), "text/plain").json()["id"]

@@ -194,9 +194,7 @@ def test_a_file_is_cut_for_an_idle_fleet_only(fault_stack: FaultStack, web: WebU
 
 
 def test_an_idle_fleet_embeds_a_new_file_together(fault_stack: FaultStack, web: WebUI) -> None:
-    wait_until(lambda: not fault_stack.sql(
-        "SELECT 1 FROM work_units WHERE state IN ('dispatched', 'running')"), 60,
-        "the fleet to be quiet", 0.2)
+    fault_stack.wait_quiet()
     user = fault_stack.user("together")
     with fault_stack.client(user, web) as client:
         fid = upload(client, "lone.txt", long_text(24, "together"), "text/plain").json()["id"]
